@@ -1,0 +1,41 @@
+"""Feature maps: the outputs of any set of layers, captured in one forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from explain.hooks import ModelHooks
+from explain.layers import eval_mode, spatial_output
+
+__all__ = ["FeatureMaps", "capture_feature_maps"]
+
+
+@dataclass(frozen=True)
+class FeatureMaps:
+    """Attributes:
+    logits: The model's output for the batch.
+    maps: For each requested layer, its ``(N, C, H, W)`` output.
+    """
+
+    logits: torch.Tensor
+    maps: dict[str, torch.Tensor]
+
+
+def capture_feature_maps(
+    hooks: ModelHooks, inputs: torch.Tensor, layers: Sequence[str]
+) -> FeatureMaps:
+    """Run ``inputs`` through the model once and keep the outputs of ``layers``.
+
+    Raises:
+        UnknownLayerError: a layer is not hooked.
+        AmbiguousLayerError: a layer ran more than once in the pass.
+        LayerNotSpatialError: a layer's output is not ``(N, C, H, W)``.
+    """
+    model = hooks.model
+    with eval_mode(model), torch.inference_mode(), hooks.capture(layers) as capture:
+        logits = model(inputs)
+        maps = {layer: spatial_output(capture, layer) for layer in layers}
+    return FeatureMaps(logits=logits, maps=maps)
