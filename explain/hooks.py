@@ -186,7 +186,9 @@ class ModelHooks:
             A handle whose ``remove()`` detaches the hook; :meth:`close` detaches it too.
         """
         self.layer(layer)
-        hooks = self._backward_hooks.setdefault(layer, OrderedDict())  # weakref-able, as torch needs
+        hooks = self._backward_hooks.setdefault(
+            layer, OrderedDict()
+        )  # weakref-able, as torch needs
         handle = RemovableHandle(hooks)
         hooks[handle.id] = hook
         return handle
@@ -204,9 +206,7 @@ class ModelHooks:
         for capture in self._captures():
             capture._record_input(name, args)
 
-    def _on_forward(
-        self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any
-    ) -> Any:
+    def _on_forward(self, name: str, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if not _ACTIVE.get():
             return None
         replaced = None
@@ -376,4 +376,3 @@ def _detached_copy(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     return value
-

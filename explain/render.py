@@ -126,10 +126,16 @@ def feature_grid(
     return grid
 
 
-def encode_png(pixels: torch.Tensor | np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
+def encode_png(
+    pixels: torch.Tensor | np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL
+) -> bytes:
     """PNG bytes of an ``(H, W)`` grayscale or ``(H, W, 3)`` RGB uint8 image."""
     array = pixels.numpy(force=True) if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
-    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+    if (
+        array.dtype != np.uint8
+        or array.ndim not in (2, 3)
+        or (array.ndim == 3 and array.shape[2] != 3)
+    ):
         raise ValueError(f"expected (H, W) or (H, W, 3) uint8, got {array.dtype} {array.shape}")
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(

@@ -57,7 +57,9 @@ class CAM(CAMMethod):
         values = activations.detach()
         pooled = values.mean(dim=(2, 3))
         if pooled.shape[1] != weight.shape[1]:
-            self._refuse(f"it has {pooled.shape[1]} channels and {self.head!r} takes {weight.shape[1]}")
+            self._refuse(
+                f"it has {pooled.shape[1]} channels and {self.head!r} takes {weight.shape[1]}"
+            )
         expected = F.linear(pooled, weight, None if bias is None else bias.detach())
         scale = logits.detach().abs().amax().clamp_min(1.0)
         if not torch.allclose(expected, logits.detach(), rtol=0, atol=self.rtol * float(scale)):
@@ -97,9 +99,12 @@ class ScoreCAM(CAMMethod):
         model = self.hooks.model
         maps = []
         with torch.no_grad():
-            for image, image_activations, image_targets in zip(inputs, activations, targets):
+            for image, image_activations, image_targets in zip(inputs, activations, targets, strict=True):
                 masks = F.interpolate(
-                    image_activations[None], size=inputs.shape[-2:], mode="bilinear", align_corners=True
+                    image_activations[None],
+                    size=inputs.shape[-2:],
+                    mode="bilinear",
+                    align_corners=True,
                 )[0]
                 low = masks.amin(dim=(1, 2), keepdim=True)
                 high = masks.amax(dim=(1, 2), keepdim=True)

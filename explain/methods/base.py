@@ -34,9 +34,9 @@ __all__ = [
     "upsample_maps",
 ]
 
-Targets = int | Sequence[int] | Sequence[Sequence[int]] | None
-"""Classes to explain: ``None`` (each image's top-1), one index for every image, one index per
-image, or a list of indices per image (several explanations per image)."""
+Targets = int | Sequence[int | Sequence[int] | None] | None
+"""Classes to explain: ``None`` (each image's top-1), one index for every image, or one entry per
+image: an index, a list of indices (several explanations), or ``None`` (that image's top-1)."""
 
 _METHODS: dict[str, type[CAMMethod]] = {}
 
@@ -157,7 +157,7 @@ class GradientMethod(CAMMethod):
             score = logits[rows, classes].sum()
             (grads,) = torch.autograd.grad(score, activations, retain_graph=j < rounds - 1)
             combined = self.combine(values[rows], grads[rows])
-            for row, cam in zip(rows, combined):
+            for row, cam in zip(rows, combined, strict=True):
                 maps[row].append(cam)
         return [torch.stack(image_maps) for image_maps in maps]
 
@@ -178,15 +178,17 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> list[list[int]]:
         ValueError: a shape that does not fit the batch.
     """
     batch, num_classes = logits.shape
-    if targets is None:
-        return [[int(i)] for i in logits.argmax(dim=1).tolist()]
-    if isinstance(targets, int):
-        resolved = [[targets] for _ in range(batch)]
+    if targets is None or isinstance(targets, int):
+        items: list[int | Sequence[int] | None] = [targets] * batch
     else:
         items = list(targets)
         if len(items) != batch:
             raise ValueError(f"targets has {len(items)} entries for a batch of {batch} images")
-        resolved = [[item] if isinstance(item, int) else list(item) for item in items]
+    top1: list[int] = logits.argmax(dim=1).tolist() if any(i is None for i in items) else []
+    resolved = [
+        [top1[i]] if item is None else [item] if isinstance(item, int) else list(item)
+        for i, item in enumerate(items)
+    ]
     for image_targets in resolved:
         if not image_targets:
             raise ValueError("every image needs at least one target class")
@@ -194,9 +196,7 @@ def resolve_targets(targets: Targets, logits: torch.Tensor) -> list[list[int]]:
             if isinstance(index, bool) or not isinstance(index, int):
                 raise TypeError(f"target classes must be int, got {type(index).__name__}")
             if not 0 <= index < num_classes:
-                raise TargetOutOfRangeError(
-                    f"target class {index} is outside 0..{num_classes - 1}"
-                )
+                raise TargetOutOfRangeError(f"target class {index} is outside 0..{num_classes - 1}")
     return resolved
 
 

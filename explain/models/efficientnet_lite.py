@@ -88,7 +88,13 @@ def efficientnet_lite0_blocks() -> list[tuple[int, int, int, int, int]]:
         for i in range(repeats):
             first = i == 0
             blocks.append(
-                (in_channels if first else out_channels, out_channels, expand, kernel, stride if first else 1)
+                (
+                    in_channels if first else out_channels,
+                    out_channels,
+                    expand,
+                    kernel,
+                    stride if first else 1,
+                )
             )
     return blocks
 

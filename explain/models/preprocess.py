@@ -33,7 +33,9 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("bilinear", "bicubic"):
-            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
+            raise ValueError(
+                f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}"
+            )
         if not 0 < self.crop_size <= self.resize_size:
             raise ValueError("need 0 < crop_size <= resize_size")
 
@@ -46,7 +48,10 @@ class Preprocess:
         """The RGB image as the model sees it: ``(crop, crop, 3)`` uint8, resized and cropped."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         resized = TF.resize(
-            rgb, [self.resize_size], interpolation=InterpolationMode(self.interpolation), antialias=True
+            rgb,
+            [self.resize_size],
+            interpolation=InterpolationMode(self.interpolation),
+            antialias=True,
         )
         cropped = TF.center_crop(resized, [self.crop_size, self.crop_size])
         return torch.from_numpy(np.array(cropped, dtype=np.uint8))

@@ -86,7 +86,7 @@ def register_model(
     name: str,
     *,
     weights: Callable[[str | None], WeightsRecord],
-    target_layer: str | None | LayerRule,
+    target_layer: str | LayerRule | None,
     feature_layers: Sequence[str] | LayerRule,
 ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Decorator: register the architecture builder it decorates under ``name``.
@@ -169,10 +169,18 @@ def _load_state_dict_file(path: Path) -> StateDict:
         raise
     except Exception as error:  # any unreadable or unsafe file
         raise InvalidWeightsError(f"cannot read weights file {str(path)!r}: {error}") from error
-    if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
+    if (
+        isinstance(state, Mapping)
+        and "state_dict" in state
+        and isinstance(state["state_dict"], Mapping)
+    ):
         state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InvalidWeightsError(f"weights file {str(path)!r} does not hold a state dict of tensors")
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise InvalidWeightsError(
+            f"weights file {str(path)!r} does not hold a state dict of tensors"
+        )
     return state
 
 
@@ -234,8 +242,12 @@ class LoadedModel:
         }
         if with_layers:
             summary["layers"] = [
-                {"name": info.name, "type": info.type, "output_shape": list(info.output_shape),
-                 "spatial": info.spatial}
+                {
+                    "name": info.name,
+                    "type": info.type,
+                    "output_shape": list(info.output_shape),
+                    "spatial": info.spatial,
+                }
                 for info in self.layers.layers.values()
             ]
         return summary

@@ -65,12 +65,18 @@ _FEATURES = ("features", _stage_ends("features"))
 
 # family prefix -> (default CAM layer, feature-map layers); the first matching prefix wins.
 _FAMILIES: list[tuple[str, tuple[str | LayerRule | None, Sequence[str] | LayerRule]]] = [
-    ("alexnet", ("features.11", ["features.0", "features.3", "features.6", "features.8", "features.10"])),
+    (
+        "alexnet",
+        ("features.11", ["features.0", "features.3", "features.6", "features.8", "features.10"]),
+    ),
     ("vgg", (_last(_before_pools("features")), _before_pools("features"))),
     ("resnet", _RESNET),
     ("resnext", _RESNET),
     ("wide_resnet", _RESNET),
-    ("densenet", ("features", ["features.conv0"] + [f"features.denseblock{i}" for i in range(1, 5)])),
+    (
+        "densenet",
+        ("features", ["features.conv0"] + [f"features.denseblock{i}" for i in range(1, 5)]),
+    ),
     ("mobilenet", _FEATURES),
     ("efficientnet", _FEATURES),
     ("convnext", _FEATURES),
@@ -79,7 +85,10 @@ _FAMILIES: list[tuple[str, tuple[str | LayerRule | None, Sequence[str] | LayerRu
     ("regnet", ("trunk_output", ["stem"] + [f"trunk_output.block{i}" for i in range(1, 5)])),
     ("shufflenet", ("conv5", ["conv1", "stage2", "stage3", "stage4", "conv5"])),
     ("googlenet", ("inception5b", ["conv1", "conv3", "inception3b", "inception4e", "inception5b"])),
-    ("inception", ("Mixed_7c", ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"])),
+    (
+        "inception",
+        ("Mixed_7c", ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]),
+    ),
     ("maxvit", ("blocks.3", ["stem"] + [f"blocks.{i}" for i in range(4)])),
     # Transformers: token sequences (ViT) or channels-last maps (Swin) have no (C, H, W) default.
     ("vit", (None, [])),

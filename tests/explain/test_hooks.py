@@ -77,7 +77,11 @@ def test_capture_keeps_the_output_before_downstream_in_place_ops():
     model = torchvision.models.alexnet(weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     expected_conv = model.features[0](x)
-    with ModelHooks(model) as hooks, torch.no_grad(), hooks.capture(["features.0", "features.1"]) as c:
+    with (
+        ModelHooks(model) as hooks,
+        torch.no_grad(),
+        hooks.capture(["features.0", "features.1"]) as c,
+    ):
         model(x)
         conv, relu = c.output("features.0"), c.output("features.1")
     assert conv.min() < 0, "the conv output must not have been rectified in place"
@@ -98,10 +102,20 @@ def test_capture_records_inputs_through_forward_pre_hooks(small_cnn):
 
 def test_concurrent_captures_in_two_threads_do_not_mix(resnet18):
     hooks = ModelHooks(resnet18)
-    inputs = [torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    inputs = [
+        torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)
+    ]
     with torch.no_grad():
-        expected = [resnet18.layer3(resnet18.layer2(resnet18.layer1(resnet18.maxpool(
-            resnet18.relu(resnet18.bn1(resnet18.conv1(x))))))) for x in inputs]
+        expected = [
+            resnet18.layer3(
+                resnet18.layer2(
+                    resnet18.layer1(
+                        resnet18.maxpool(resnet18.relu(resnet18.bn1(resnet18.conv1(x))))
+                    )
+                )
+            )
+            for x in inputs
+        ]
     barrier = threading.Barrier(2)
     results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
     errors: list[BaseException] = []
@@ -266,7 +280,7 @@ def test_backward_hook_works_before_an_in_place_relu():
 def test_unknown_layer_lists_close_matches(resnet18):
     with pytest.raises(UnknownLayerError, match=r"unknown layer 'layer5'; did you mean: layer.*"):
         find_layer(resnet18, "layer5")
-    with ModelHooks(resnet18) as hooks, pytest.raises(UnknownLayerError, match="layer4.1.conv2"):
+    with ModelHooks(resnet18) as hooks, pytest.raises(UnknownLayerError, match=r"layer4\.1\.conv2"):
         hooks.capture("layer4.1.cov2")
     assert find_layer(resnet18, "layer4.1.conv2") is resnet18.layer4[1].conv2
 

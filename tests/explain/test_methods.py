@@ -33,7 +33,9 @@ ORACLES = {
 }
 
 
-def oracle_maps(method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[int]):
+def oracle_maps(
+    method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor, targets: list[int]
+):
     """pytorch-grad-cam's raw maps at layer resolution: its own capture, backward and formula,
     stopping before it resizes to the input (``BaseCAM.forward`` without ``scale_cam_image``)."""
     cam = ORACLES[method](model=model, target_layers=[layer])
@@ -43,7 +45,7 @@ def oracle_maps(method: str, model: nn.Module, layer: nn.Module, x: torch.Tensor
         wanted = [ClassifierOutputTarget(t) for t in targets]
         if cam.uses_gradients:
             model.zero_grad()
-            sum(target(output) for target, output in zip(wanted, outputs)).backward()
+            sum(target(output) for target, output in zip(wanted, outputs, strict=True)).backward()
         activations = cam.activations_and_grads.activations[0].numpy()
         grads = cam.activations_and_grads.gradients[0].numpy() if cam.uses_gradients else None
         raw = cam.get_cam_image(x, layer, wanted, activations, grads, False)
@@ -131,7 +133,10 @@ def test_cam_is_the_textbook_formula(small_cnn):
 def test_cam_refuses_heads_that_are_not_gap_plus_linear(resnet18):
     torch.manual_seed(0)
     alexnet = torchvision.models.alexnet(weights=None).eval()
-    with ModelHooks(alexnet) as hooks, pytest.raises(MethodNotApplicableError, match="global-average"):
+    with (
+        ModelHooks(alexnet) as hooks,
+        pytest.raises(MethodNotApplicableError, match="global-average"),
+    ):
         get_method("cam")(hooks, "features.11")(torch.randn(1, 3, 224, 224))
     with ModelHooks(resnet18) as hooks, pytest.raises(MethodNotApplicableError, match="channels"):
         get_method("cam")(hooks, "layer3")(torch.randn(1, 3, 64, 64))
@@ -197,3 +202,15 @@ def test_normalize_maps_divides_by_the_max_and_keeps_zero_maps_zero():
     normalised = normalize_maps(maps)
     torch.testing.assert_close(normalised[0], torch.tensor([[0.0, 0.5], [1.0, 0.0]]))
     assert torch.equal(normalised[1], torch.zeros(2, 2))
+
+
+def test_targets_mix_indices_lists_and_top1(small_cnn):
+    x = torch.randn(3, 3, 32, 32)
+    with ModelHooks(small_cnn) as hooks:
+        result = get_method("gradcam")(hooks, "features.5")(x, [4, None, [2, 3]])
+    assert result.targets == [[4], [int(small_cnn(x[1:2]).argmax())], [2, 3]]
+    with (
+        ModelHooks(small_cnn) as hooks,
+        pytest.raises(ValueError, match="2 entries for a batch of 3"),
+    ):
+        get_method("gradcam")(hooks, "features.5")(x, [1, 2])

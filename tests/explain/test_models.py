@@ -34,7 +34,9 @@ def lite0():
 
 def test_registry_holds_torchvision_models_and_lite0():
     names = model_names()
-    assert {"efficientnet_lite0", "alexnet", "resnet50", "vgg16", "mobilenet_v3_large"} <= set(names)
+    assert {"efficientnet_lite0", "alexnet", "resnet50", "vgg16", "mobilenet_v3_large"} <= set(
+        names
+    )
     assert len(names) > 80
 
 
@@ -45,8 +47,9 @@ def test_unknown_model_lists_close_names():
 
 def test_names_are_registered_once():
     with pytest.raises(ValueError, match="already registered"):
-        register_model("alexnet", weights=get_entry("alexnet").weights, target_layer=None,
-                       feature_layers=[])
+        register_model(
+            "alexnet", weights=get_entry("alexnet").weights, target_layer=None, feature_layers=[]
+        )
 
 
 @pytest.mark.parametrize(
@@ -104,7 +107,13 @@ def test_alexnet_feature_maps_of_every_conv_layer():
     from explain.featuremaps import capture_feature_maps
 
     model = load_model("alexnet:none")
-    assert model.feature_layers == ["features.0", "features.3", "features.6", "features.8", "features.10"]
+    assert model.feature_layers == [
+        "features.0",
+        "features.3",
+        "features.6",
+        "features.8",
+        "features.10",
+    ]
     result = capture_feature_maps(model.hooks, torch.randn(2, 3, 224, 224), model.feature_layers)
     shapes = [tuple(result.maps[layer].shape[1:]) for layer in model.feature_layers]
     assert shapes == [(64, 55, 55), (192, 27, 27), (384, 13, 13), (256, 13, 13), (256, 13, 13)]
@@ -167,13 +176,15 @@ def test_labels_resolve_indices_and_names():
     assert info.value.indices == [1, 2]
     with pytest.raises(UnknownLabelError, match="did you mean: Egyptian cat"):
         labels.resolve("egyptian kat")
-    with pytest.raises(TargetOutOfRangeError, match="0..999"):
+    with pytest.raises(TargetOutOfRangeError, match=r"0\.\.999"):
         labels.resolve(1000)
     with pytest.raises(TargetOutOfRangeError):
         labels.resolve("-1")
 
 
-@pytest.mark.parametrize(("size", "mode"), [((1, 1), "RGB"), ((640, 20), "L"), ((300, 451), "RGBA")])
+@pytest.mark.parametrize(
+    ("size", "mode"), [((1, 1), "RGB"), ((640, 20), "L"), ((300, 451), "RGBA")]
+)
 def test_preprocess_gives_the_model_input_size(lite0, size, mode):
     image = Image.new(mode, size)
     crop = lite0.preprocess.crop(image)

@@ -23,7 +23,9 @@ def lite0():
 
 def explain_one(model, image: Image.Image):
     crop = model.preprocess.crop(image)
-    result = get_method("gradcam")(model.hooks, model.target_layer)(model.preprocess.normalize(crop)[None])
+    result = get_method("gradcam")(model.hooks, model.target_layer)(
+        model.preprocess.normalize(crop)[None]
+    )
     heat = upsample_maps(result.maps[0][0], model.preprocess.input_size)
     peak_row, peak_col = divmod(int(heat.argmax()), heat.shape[-1])
     return result.targets[0][0], (peak_row, peak_col)
