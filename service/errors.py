@@ -1,0 +1,112 @@
+"""One JSON error body for every failure, with a stable ``code``, and the handlers that produce it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from explain.errors import ExplainError
+
+__all__ = ["ApiError", "ErrorBody", "error_response", "install_error_handlers", "status_for"]
+
+log = logging.getLogger("service")
+
+# Status of every library error code; service codes carry their status in ApiError.
+_STATUS_BY_CODE: dict[str, int] = {
+    "unknown_model": 404,
+    "unknown_layer": 404,
+    "unknown_method": 404,
+    "unknown_label": 404,
+    "ambiguous_layer": 422,
+    "layer_not_spatial": 422,
+    "method_not_applicable": 422,
+    "ambiguous_label": 422,
+    "target_out_of_range": 422,
+    "unknown_colormap": 422,
+    "invalid_weights": 422,
+}
+
+_CODE_BY_HTTP_STATUS = {404: "not_found", 405: "method_not_allowed"}
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": {"code": ..., "message": ...}}`` with ``status``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response."""
+
+    error: ErrorDetail
+
+
+def status_for(error: ExplainError) -> int:
+    return _STATUS_BY_CODE.get(error.code, 422)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}},
+        status_code=status,
+        headers=dict(headers or {}),
+    )
+
+
+def _validation_message(error: RequestValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ()) if p not in ("query", "body"))
+        parts.append(f"{where or 'request'}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI, on_error: callable = lambda code: None) -> None:  # type: ignore[valid-type]
+    """Map every exception to the error body; ``on_error(code)`` is told of each one."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        on_error(error.code)
+        return error_response(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(ExplainError)
+    async def explain_error(request: Request, error: ExplainError) -> JSONResponse:
+        on_error(error.code)
+        return error_response(status_for(error), error.code, str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        on_error("invalid_option")
+        return error_response(422, "invalid_option", _validation_message(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = _CODE_BY_HTTP_STATUS.get(error.status_code, "http_error")
+        on_error(code)
+        return error_response(error.status_code, code, str(error.detail), error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s %s", request.method, request.url.path)
+        on_error("internal_error")
+        return error_response(500, "internal_error", "the server failed to answer; this is a bug")

@@ -1,0 +1,119 @@
+"""Bytes to an RGB image: limits checked from the header, EXIF orientation, every mode to RGB."""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ApiError
+
+__all__ = ["DecodedImage", "ImageLimits", "decode_image"]
+
+log = logging.getLogger("service.images")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_pixels: int
+    max_aspect_ratio: float
+
+
+@dataclass
+class DecodedImage:
+    """An RGB image and what the client should know about how it was read."""
+
+    image: Image.Image
+    warnings: list[str] = field(default_factory=list)
+
+
+def decode_image(data: bytes, limits: ImageLimits, index: int = 0) -> DecodedImage:
+    """Decode one image; ``index`` names it in error messages.
+
+    Raises:
+        ApiError: 400 ``invalid_image`` (not an image, truncated, corrupt), 413 ``image_too_large``
+            (over the pixel limit, judged from the header before decoding), 400
+            ``extreme_aspect_ratio``.
+    """
+    where = f"image {index}"
+    if not data:
+        raise ApiError(400, "invalid_image", f"{where} is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ApiError(413, "image_too_large", f"{where}: {error}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise ApiError(
+            400,
+            "invalid_image",
+            f"{where} is not a decodable image (JPEG, PNG, WebP, GIF, ...): {error}",
+        ) from None
+
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ApiError(400, "invalid_image", f"{where} has no pixels ({width}x{height})")
+    if width * height > limits.max_pixels:
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{where} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > limits.max_aspect_ratio:
+        raise ApiError(
+            400,
+            "extreme_aspect_ratio",
+            f"{where} is {width}x{height}, an aspect ratio of {ratio:.1f}:1; the limit is "
+            f"{limits.max_aspect_ratio:g}:1. Crop it closer to the subject.",
+        )
+
+    decoded = DecodedImage(image)
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        decoded.warnings.append(f"{where} has {frames} frames; the first one was used")
+    try:
+        image.seek(0)
+        image.load()
+        decoded.image = _to_rgb(_upright(image))
+    except Image.DecompressionBombError as error:
+        raise ApiError(413, "image_too_large", f"{where}: {error}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ApiError(400, "invalid_image", f"{where} is truncated or corrupt: {error}") from None
+    return decoded
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; an unreadable EXIF block leaves the image as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as error:  # Pillow raises many kinds on malformed EXIF
+        log.debug("ignoring unreadable EXIF orientation: %r", error)
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited over white."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return Image.fromarray(_to_uint8(np.asarray(image), image.mode)).convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, ...
+
+
+def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit and 32-bit integer or float pixels to 8 bits."""
+    if mode == "F":
+        return np.clip(values, 0, 255).astype(np.uint8)
+    wide = values.astype(np.int64)
+    if mode == "I" and wide.max(initial=0) <= 255:  # 8-bit data stored wide
+        return np.clip(wide, 0, 255).astype(np.uint8)
+    return np.clip(wide >> 8, 0, 255).astype(np.uint8)

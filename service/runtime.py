@@ -1,0 +1,225 @@
+"""Micro-batching: one worker thread per model gathers concurrent requests into batches.
+
+Requests become *jobs* (a task, an input batch, per-image targets). The worker takes the oldest
+job, gathers the waiting jobs with an equal task (same kind, method and layers) up to
+``max_batch`` images, waiting at most ``max_wait`` after the oldest one arrived, and runs them as one
+model call. While a batch runs, new jobs queue up, so under load batches fill without waiting.
+The queue is bounded in images; a job that does not fit is refused at once (:class:`QueueFullError`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from explain.errors import ExplainError
+
+__all__ = ["BatchStats", "Job", "JobResult", "ModelWorker", "QueueFullError", "WorkerStoppedError"]
+
+log = logging.getLogger("service.runtime")
+
+Output = TypeVar("Output")
+Runner = Callable[[Hashable, torch.Tensor, list[Any]], Sequence[Output]]
+"""``run(task, inputs, per-image targets) -> one output per image``."""
+
+
+class QueueFullError(Exception):
+    """The model's queue cannot take the job now; retry later."""
+
+
+class WorkerStoppedError(Exception):
+    """The worker is shutting down."""
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """How a job was run: the batch it joined and the time it spent."""
+
+    images: int
+    requests: int
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass(frozen=True)
+class JobResult(Generic[Output]):
+    outputs: list[Output]
+    stats: BatchStats
+
+
+@dataclass(eq=False)
+class Job:
+    task: Hashable
+    inputs: torch.Tensor
+    targets: list[Any]
+    future: Future[JobResult[Any]] = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def size(self) -> int:
+        return len(self.inputs)
+
+
+class ModelWorker:
+    """Runs one model's jobs in batches on a thread of its own.
+
+    Args:
+        name: Model name (thread name, messages).
+        run: Runs one batch; see :data:`Runner`.
+        max_batch: Most images per batch (a single larger job runs alone).
+        max_wait: Seconds a batch may wait for more jobs after its oldest job arrived.
+        queue_size: Most images waiting; beyond it :meth:`submit` raises :class:`QueueFullError`.
+        on_batch: Told of each batch run: ``(task, images, requests, seconds)``.
+        on_depth: Told of the number of images waiting whenever it changes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run: Runner[Any],
+        *,
+        max_batch: int,
+        max_wait: float,
+        queue_size: int,
+        on_batch: Callable[[Hashable, int, int, float], None] = lambda *args: None,
+        on_depth: Callable[[int], None] = lambda depth: None,
+    ) -> None:
+        self.name = name
+        self._run = run
+        self._max_batch = max_batch
+        self._max_wait = max_wait
+        self._queue_size = queue_size
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._pending: deque[Job] = deque()
+        self._waiting_images = 0
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=f"model-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Refuse new jobs, fail the waiting ones, let the running batch finish."""
+        with self._condition:
+            self._stopping = True
+            abandoned = list(self._pending)
+            self._pending.clear()
+            self._set_waiting(0)
+            self._condition.notify_all()
+        for job in abandoned:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(
+                    WorkerStoppedError(f"model {self.name!r} is shutting down")
+                )
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def waiting_images(self) -> int:
+        return self._waiting_images
+
+    def submit(
+        self, task: Hashable, inputs: torch.Tensor, targets: list[Any]
+    ) -> Future[JobResult[Any]]:
+        """Queue a job; the future resolves to its outputs or to the exception that stopped it.
+
+        Raises:
+            QueueFullError: the queue has no room for ``len(inputs)`` more images.
+            WorkerStoppedError: the worker is stopping.
+        """
+        job = Job(task, inputs, targets)
+        with self._condition:
+            if self._stopping:
+                raise WorkerStoppedError(f"model {self.name!r} is shutting down")
+            if self._waiting_images and self._waiting_images + job.size > self._queue_size:
+                raise QueueFullError(
+                    f"model {self.name!r} has {self._waiting_images} images waiting "
+                    f"(limit {self._queue_size})"
+                )
+            self._pending.append(job)
+            self._set_waiting(self._waiting_images + job.size)
+            self._condition.notify()
+        return job.future
+
+    # -- the worker thread ------------------------------------------------------------------------
+
+    def _set_waiting(self, images: int) -> None:
+        self._waiting_images = images
+        self._on_depth(images)
+
+    def _select(self, task: Hashable) -> list[Job]:
+        chosen: list[Job] = []
+        images = 0
+        for job in self._pending:
+            if job.task == task and (not chosen or images + job.size <= self._max_batch):
+                chosen.append(job)
+                images += job.size
+                if images >= self._max_batch:
+                    break
+        return chosen
+
+    def _next_batch(self) -> list[Job] | None:
+        with self._condition:
+            while not self._pending and not self._stopping:
+                self._condition.wait()
+            if not self._pending:
+                return None
+            first = self._pending[0]
+            deadline = first.enqueued + self._max_wait
+            while True:
+                batch = self._select(first.task)
+                remaining = deadline - time.perf_counter()
+                full = sum(job.size for job in batch) >= self._max_batch
+                if self._stopping or full or remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            for job in batch:
+                self._pending.remove(job)
+            self._set_waiting(self._waiting_images - sum(job.size for job in batch))
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if live:
+                self._execute(live)
+
+    def _execute(self, jobs: list[Job]) -> None:
+        task = jobs[0].task
+        inputs = jobs[0].inputs if len(jobs) == 1 else torch.cat([job.inputs for job in jobs])
+        targets = [target for job in jobs for target in job.targets]
+        started = time.perf_counter()
+        try:
+            outputs = list(self._run(task, inputs, targets))
+        except ExplainError as error:  # a property of the task, the same for every job in it
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        except Exception as error:
+            if len(jobs) > 1:  # find the job that fails without failing the others
+                log.warning(
+                    "batch of %d jobs failed (%r); running them one by one", len(jobs), error
+                )
+                for job in jobs:
+                    self._execute([job])
+                return
+            log.exception("model %r failed on a job", self.name)
+            jobs[0].future.set_exception(error)
+            return
+        seconds = time.perf_counter() - started
+        self._on_batch(task, len(inputs), len(jobs), seconds)
+        offset = 0
+        for job in jobs:
+            stats = BatchStats(len(inputs), len(jobs), started - job.enqueued, seconds)
+            job.future.set_result(JobResult(outputs[offset : offset + job.size], stats))
+            offset += job.size

@@ -1,0 +1,192 @@
+"""Request options and response bodies, as pydantic models (they are also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "CamValues",
+    "ClassScore",
+    "CommonOptions",
+    "Explanation",
+    "FeatureMap",
+    "FeatureMapOptions",
+    "FeatureMapResponse",
+    "FeatureMapResult",
+    "GradCAMOptions",
+    "GradCAMResponse",
+    "GradCAMResult",
+    "LayerOut",
+    "ModelDetail",
+    "ModelInfo",
+    "PredictOptions",
+    "PredictResponse",
+    "PredictResult",
+    "Timing",
+]
+
+
+# -- options ----------------------------------------------------------------------------------------
+
+
+class CommonOptions(BaseModel):
+    """Options every explanation endpoint takes. Unknown options are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(
+        default=None,
+        description="A loaded model's name (`GET /models`); default: the server's default.",
+    )
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="How many top classes to return, 1 to the model's number of classes; default 5.",
+    )
+
+
+class PredictOptions(CommonOptions):
+    pass
+
+
+def _split_commas(values: Any) -> Any:
+    if isinstance(values, str):
+        values = [values]
+    if isinstance(values, list):
+        return [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+    return values
+
+
+class FeatureMapOptions(CommonOptions):
+    layers: list[str] | None = Field(
+        default=None,
+        description="Layers to show (repeat the parameter or separate with commas), as listed by "
+        "`GET /models/{name}`; default: the model's feature stages.",
+    )
+    max_channels: int = Field(
+        default=64, ge=1, le=4096, description="Channels (tiles) shown per layer."
+    )
+
+    _layers = field_validator("layers", mode="before")(_split_commas)
+
+
+class GradCAMOptions(CommonOptions):
+    method: str = Field(
+        default="gradcam",
+        description="gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam, eigencam, or cam "
+        "(models whose head is global average pooling + one linear layer).",
+    )
+    layer: str | None = Field(
+        default=None, description="Target layer; default: the map that feeds the global pooling."
+    )
+    target: list[int | str] | None = Field(
+        default=None,
+        description="Class index or label to explain; repeat for several classes. Default: top-1.",
+    )
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Heatmap opacity in the overlay.")
+    colormap: str = Field(default="jet", description="A matplotlib colour map name.")
+    return_cam: bool = Field(
+        default=False,
+        description="Also return the raw map (layer resolution, ReLU, divided by its max).",
+    )
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int | str) else value
+
+
+# -- responses ------------------------------------------------------------------------------------
+
+
+class ClassScore(BaseModel):
+    index: int
+    label: str
+    score: float = Field(description="Softmax probability.")
+
+
+class Timing(BaseModel):
+    decode: float = Field(description="Decoding and preprocessing the images, ms.")
+    queue: float = Field(description="Waiting for the model, ms.")
+    inference: float = Field(description="The model batch this request ran in, ms.")
+    encode: float = Field(description="Rendering PNGs and building results, ms.")
+    total: float = Field(description="From the request's arrival to its answer, ms.")
+
+
+class PredictResult(BaseModel):
+    top_k: list[ClassScore]
+    warnings: list[str] = Field(default=[], description="How the image was read, when notable.")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    results: list[PredictResult] = Field(description="One per image, in request order.")
+    timing_ms: Timing
+
+
+class FeatureMap(BaseModel):
+    layer: str
+    shape: list[int] = Field(description="(C, H, W) of the layer's output.")
+    channels_shown: int
+    png: str = Field(description="Base64 PNG: the channels as a grid of grayscale tiles.")
+
+
+class FeatureMapResult(PredictResult):
+    featuremaps: list[FeatureMap]
+
+
+class FeatureMapResponse(PredictResponse):
+    results: list[FeatureMapResult]
+
+
+class CamValues(BaseModel):
+    shape: list[int]
+    values: list[list[float]] = Field(description="Row-major, after ReLU, divided by the maximum.")
+
+
+class Explanation(BaseModel):
+    index: int
+    label: str
+    score: float = Field(description="Softmax probability of the explained class.")
+    method: str
+    layer: str
+    overlay_png: str = Field(
+        description="Base64 PNG: the model's view of the image, heatmap over it."
+    )
+    heatmap_png: str = Field(description="Base64 PNG: the colour-mapped heatmap alone.")
+    cam: CamValues | None = Field(default=None, description="Only with return_cam.")
+
+
+class GradCAMResult(PredictResult):
+    explanations: list[Explanation]
+
+
+class GradCAMResponse(PredictResponse):
+    results: list[GradCAMResult]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    spec: str
+    architecture: str
+    weights: str
+    pretrained: bool
+    num_classes: int
+    input_size: list[int]
+    default_layer: str | None
+    feature_layers: list[str]
+
+
+class LayerOut(BaseModel):
+    name: str
+    type: str
+    output_shape: list[int]
+    spatial: bool = Field(
+        description="Whether the output is a (C, H, W) map (usable by /featuremaps, /gradcam)."
+    )
+
+
+class ModelDetail(ModelInfo):
+    layers: list[LayerOut]

@@ -1,0 +1,95 @@
+"""What a model batch computes: predictions, feature maps, or class activation maps.
+
+A task is a frozen dataclass, so jobs with equal tasks can share one batch. Running a task returns
+one :class:`ImageOutput` per image; rendering happens later, off the model's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from explain.featuremaps import capture_feature_maps
+from explain.methods import CAMMethod, get_method
+from explain.models import LoadedModel
+
+__all__ = ["CAMTask", "FeatureMapTask", "ImageOutput", "PredictTask", "TaskRunner"]
+
+
+@dataclass(frozen=True)
+class ImageOutput:
+    """A model's answer for one image.
+
+    Attributes:
+        probabilities: Softmax over the classes, ``(num_classes,)``.
+        feature_maps: Layer name to its ``(C, H, W)`` output (feature-map tasks).
+        cams: Raw maps ``(T, h, w)`` at layer resolution (CAM tasks).
+        targets: The ``T`` classes the maps explain (CAM tasks).
+    """
+
+    probabilities: torch.Tensor
+    feature_maps: dict[str, torch.Tensor] | None = None
+    cams: torch.Tensor | None = None
+    targets: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class PredictTask:
+    kind: ClassVar[str] = "predict"
+
+
+@dataclass(frozen=True)
+class FeatureMapTask:
+    kind: ClassVar[str] = "featuremaps"
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CAMTask:
+    kind: ClassVar[str] = "gradcam"
+    method: str
+    layer: str
+
+
+class TaskRunner:
+    """Runs tasks on one loaded model; the model worker's ``run`` callable."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self._methods: dict[tuple[str, str], CAMMethod] = {}
+
+    def method(self, name: str, layer: str) -> CAMMethod:
+        """The method instance for ``(name, layer)``, made once (only the model's thread calls it)."""
+        key = (name, layer)
+        if key not in self._methods:
+            self._methods[key] = get_method(name)(self.loaded.hooks, layer)
+        return self._methods[key]
+
+    def __call__(
+        self, task: Hashable, inputs: torch.Tensor, targets: list[list[int] | None]
+    ) -> list[ImageOutput]:
+        model = self.loaded.model
+        if isinstance(task, PredictTask):
+            with torch.inference_mode():
+                probabilities = model(inputs).softmax(dim=1)
+            return [ImageOutput(p) for p in probabilities]
+        if isinstance(task, FeatureMapTask):
+            captured = capture_feature_maps(self.loaded.hooks, inputs, task.layers)
+            probabilities = captured.logits.softmax(dim=1)
+            return [
+                ImageOutput(
+                    p, feature_maps={layer: maps[i] for layer, maps in captured.maps.items()}
+                )
+                for i, p in enumerate(probabilities)
+            ]
+        if isinstance(task, CAMTask):
+            result = self.method(task.method, task.layer)(inputs, targets)
+            probabilities = result.logits.softmax(dim=1)
+            return [
+                ImageOutput(p, cams=maps, targets=image_targets)
+                for p, maps, image_targets in zip(probabilities, result.maps, result.targets, strict=True)
+            ]
+        raise TypeError(f"unknown task {task!r}")
