@@ -90,6 +90,8 @@ class TaskRunner:
             probabilities = result.logits.softmax(dim=1)
             return [
                 ImageOutput(p, cams=maps, targets=image_targets)
-                for p, maps, image_targets in zip(probabilities, result.maps, result.targets, strict=True)
+                for p, maps, image_targets in zip(
+                    probabilities, result.maps, result.targets, strict=True
+                )
             ]
         raise TypeError(f"unknown task {task!r}")

@@ -99,7 +99,9 @@ class ScoreCAM(CAMMethod):
         model = self.hooks.model
         maps = []
         with torch.no_grad():
-            for image, image_activations, image_targets in zip(inputs, activations, targets, strict=True):
+            for image, image_activations, image_targets in zip(
+                inputs, activations, targets, strict=True
+            ):
                 masks = F.interpolate(
                     image_activations[None],
                     size=inputs.shape[-2:],
