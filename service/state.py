@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+from PIL import Image
 
 from explain.errors import UnknownModelError
-from explain.models import LoadedModel, load_model
+from explain.models import LoadedModel, load_model, parse_spec
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.runtime import ModelWorker
@@ -56,6 +57,9 @@ class ServiceState:
     # -- lifetime ---------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # Every image is checked against max_image_pixels from its header before decoding
+        # (service.images); Pillow's process-wide check would warn or refuse at another limit.
+        Image.MAX_IMAGE_PIXELS = None
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="io")
@@ -126,7 +130,7 @@ class ServiceState:
 
     @property
     def default_model(self) -> str:
-        return self.settings.models[0].partition(":")[0].strip()
+        return parse_spec(self.settings.models[0])[0]
 
     def model(self, name: str | None) -> ServedModel:
         """The served model ``name`` (default: the first configured).
