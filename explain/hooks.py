@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -63,31 +64,27 @@ class ModelHooks:
     """Forward and forward-pre hooks attached once to named layers of a model.
 
     The hooks are inert: they return immediately unless a capture of this ``ModelHooks`` is open
-    in the calling context. Their handles are kept until :meth:`close` (idempotent), which also runs
-    when the object is used as a context manager, including after an exception.
+    in the calling context. A layer first named in a capture (or :meth:`layer`) gets its hooks
+    then, once; hooks on every module would slow every forward pass, so only the layers in use
+    carry them. The handles are kept until :meth:`close` (idempotent), which also runs when the
+    object is used as a context manager, including after an exception.
 
     Args:
         model: The model to hook. It is not modified otherwise (no mode or parameter changes).
-        layers: Dotted names of the layers to hook; default: every named submodule.
+        layers: Dotted names of the layers to hook now; default: every named submodule.
     """
 
     def __init__(self, model: nn.Module, layers: Iterable[str] | None = None) -> None:
         self.model = model
-        all_modules = {name: module for name, module in model.named_modules() if name}
-        names = list(all_modules) if layers is None else list(dict.fromkeys(layers))
-        self._layers: dict[str, nn.Module] = {
-            name: find_layer(model, name, choices=all_modules) for name in names
-        }
+        self._modules = {name: module for name, module in model.named_modules() if name}
+        self._layers: dict[str, nn.Module] = {}
         self._backward_hooks: dict[str, OrderedDict[int, BackwardHook]] = {}
         self._handles: list[RemovableHandle] = []
+        self._lock = threading.Lock()
+        self._closed = False
         try:
-            for name, module in self._layers.items():
-                self._handles.append(
-                    module.register_forward_pre_hook(functools.partial(self._on_forward_pre, name))
-                )
-                self._handles.append(
-                    module.register_forward_hook(functools.partial(self._on_forward, name))
-                )
+            for name in self._modules if layers is None else layers:
+                self.layer(name)
         except BaseException:
             self.close()
             raise
@@ -96,20 +93,23 @@ class ModelHooks:
 
     @property
     def attached(self) -> bool:
-        """Whether the hooks are still registered on the model."""
-        return bool(self._handles)
+        """Whether the hooks are usable (not closed)."""
+        return not self._closed
 
     @property
     def layer_names(self) -> list[str]:
-        """The hooked layers, in ``named_modules()`` order."""
+        """The layers that carry hooks, in the order they were attached."""
         return list(self._layers)
 
     def close(self) -> None:
         """Remove every hook from the model. Safe to call more than once."""
-        handles, self._handles = self._handles, []
+        with self._lock:
+            self._closed = True
+            handles, self._handles = self._handles, []
+            self._layers.clear()
+            self._backward_hooks.clear()
         for handle in handles:
             handle.remove()
-        self._backward_hooks.clear()
 
     def __enter__(self) -> ModelHooks:
         return self
@@ -125,15 +125,30 @@ class ModelHooks:
     # -- lookup -----------------------------------------------------------------------------------
 
     def layer(self, name: str) -> nn.Module:
-        """The hooked module called ``name``.
+        """The module called ``name``, with this object's hooks attached to it (once).
 
         Raises:
-            UnknownLayerError: ``name`` is not a hooked layer (close matches are listed).
+            UnknownLayerError: the model has no such submodule (close matches are listed).
+            RuntimeError: the hooks were closed.
         """
-        try:
-            return self._layers[name]
-        except KeyError:
-            raise UnknownLayerError(name, self._layers) from None
+        module = self._layers.get(name)
+        if module is not None:
+            return module
+        module = self._modules.get(name)
+        if module is None:
+            raise UnknownLayerError(name, self._modules)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("these hooks were closed; create a new ModelHooks")
+            if name not in self._layers:
+                self._handles.append(
+                    module.register_forward_pre_hook(functools.partial(self._on_forward_pre, name))
+                )
+                self._handles.append(
+                    module.register_forward_hook(functools.partial(self._on_forward, name))
+                )
+                self._layers[name] = module
+        return module
 
     # -- captures ---------------------------------------------------------------------------------
 
@@ -161,7 +176,7 @@ class ModelHooks:
                 (metadata only, no tensors).
 
         Raises:
-            UnknownLayerError: a requested layer is not hooked.
+            UnknownLayerError: a requested layer is not a submodule of the model.
             RuntimeError: the hooks were closed.
         """
         if not self.attached:

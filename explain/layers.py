@@ -20,15 +20,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put ``model`` in eval mode for the block, then restore every module's own flag.
 
     The flags are restored in ``finally``, so an exception inside the block leaves the model as
-    the caller had it.
+    the caller had it. A model already in eval mode is left untouched (the common, fast case).
     """
-    training = {module: module.training for module in model.modules()}
+    training = [module for module in model.modules() if module.training]
+    if not training:
+        yield
+        return
     try:
-        model.eval()
+        for module in training:
+            module.training = False
         yield
     finally:
-        for module, flag in training.items():
-            module.training = flag
+        for module in training:
+            module.training = True
 
 
 @dataclass(frozen=True)
@@ -91,19 +95,25 @@ class LayerTable:
         return [name for name, info in self.layers.items() if info.spatial]
 
 
-def inspect_layers(hooks: ModelHooks, example: torch.Tensor) -> LayerTable:
-    """Run one forward pass on ``example`` and describe every hooked layer.
+def inspect_layers(model: nn.Module, example: torch.Tensor) -> LayerTable:
+    """Run one forward pass on ``example`` and describe every named submodule.
+
+    Hooks go on every module for this one pass and are removed before returning.
 
     Args:
-        hooks: Hooks on the model to inspect.
+        model: The model to inspect.
         example: An input batch of the model's input size (one image is enough).
     """
-    model = hooks.model
-    with torch.no_grad(), eval_mode(model), hooks.capture(trace=True) as capture:
+    with (
+        ModelHooks(model) as hooks,
+        torch.no_grad(),
+        eval_mode(model),
+        hooks.capture(trace=True) as capture,
+    ):
         model(example)
         calls, shapes = capture.calls, capture.shapes
     layers = {
-        name: LayerInfo(name, type(hooks.layer(name)).__name__, shape[1:])
+        name: LayerInfo(name, type(model.get_submodule(name)).__name__, shape[1:])
         for name, shape in shapes.items()
         if calls[name] == 1 and shape is not None and len(shape) >= 1
     }

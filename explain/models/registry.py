@@ -197,7 +197,8 @@ class LoadedModel:
         pretrained: Whether trained weights were loaded.
         preprocess: The model's preprocessing.
         labels: Category names.
-        hooks: The persistent hooks (every named submodule).
+        hooks: The persistent hooks: on the default layers from the start, on any other layer
+            from the first request that names it.
         layers: Hookable layers with output shapes, and the ambiguous (shared) ones.
         target_layer: Default CAM layer, or ``None`` when the model has no suitable named module.
         feature_layers: Layers shown by default as feature maps.
@@ -288,21 +289,18 @@ def load_model(spec: str) -> LoadedModel:
     model.eval()
     model.requires_grad_(False)
 
-    hooks = ModelHooks(model)
-    try:
-        example = torch.zeros(1, 3, *record.preprocess.input_size)
-        table = inspect_layers(hooks, example)
-        with torch.inference_mode():
-            outputs = model(example).shape[-1]
-        if outputs != len(record.labels):
-            raise InvalidWeightsError(
-                f"{name!r} with weights {label!r} has {outputs} outputs but {len(record.labels)} labels"
-            )
-        target = [n for n in entry.target_layer(model, table) if n in table.layers]
-        features = [n for n in entry.feature_layers(model, table) if n in table.spatial_names]
-    except BaseException:
-        hooks.close()
-        raise
+    example = torch.zeros(1, 3, *record.preprocess.input_size)
+    table = inspect_layers(model, example)
+    with torch.inference_mode():
+        outputs = model(example).shape[-1]
+    if outputs != len(record.labels):
+        raise InvalidWeightsError(
+            f"{name!r} with weights {label!r} has {outputs} outputs but {len(record.labels)} labels"
+        )
+    spatial = table.spatial_names
+    target = [n for n in entry.target_layer(model, table) if n in spatial]
+    features = [n for n in entry.feature_layers(model, table) if n in spatial]
+    hooks = ModelHooks(model, layers=[*target[:1], *features])
     return LoadedModel(
         name=name,
         spec=spec.strip(),

@@ -52,6 +52,21 @@ def test_hooks_stay_attached_across_calls_and_are_removed_on_close(small_cnn):
         hooks.capture("features.3")
 
 
+def test_layers_get_their_hooks_once_when_first_used(small_cnn):
+    hooks = ModelHooks(small_cnn, layers=[])
+    assert hook_count(small_cnn) == 0
+    for _ in range(3):
+        with hooks.capture("features.3", inputs="fc") as capture:
+            small_cnn(torch.randn(1, 3, 8, 8))
+            assert capture.output("features.3").shape == (1, 16, 4, 4)
+        assert hooks.layer_names == ["features.3", "fc"]
+        assert hook_count(small_cnn) == 4
+    hooks.close()
+    assert hook_count(small_cnn) == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        hooks.layer("features.0")
+
+
 def test_hooks_are_removed_when_the_block_raises(small_cnn):
     with pytest.raises(ZeroDivisionError), ModelHooks(small_cnn) as hooks:
         assert hook_count(small_cnn) > 0
@@ -288,7 +303,7 @@ def test_unknown_layer_lists_close_matches(resnet18):
 def test_a_module_that_runs_twice_is_ambiguous():
     model = SharedActivation()
     with ModelHooks(model) as hooks:
-        table = inspect_layers(hooks, torch.randn(1, 3, 8, 8))
+        table = inspect_layers(model, torch.randn(1, 3, 8, 8))
         assert table.ambiguous == {"act"}
         assert "act" not in table.layers and "conv2" in table.layers
         with pytest.raises(AmbiguousLayerError, match="ran 2 times"):
