@@ -75,8 +75,9 @@ class FeatureMapOptions(CommonOptions):
 class GradCAMOptions(CommonOptions):
     method: str = Field(
         default="gradcam",
-        description="gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam, eigencam, or cam "
-        "(models whose head is global average pooling + one linear layer).",
+        description="gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam (the strongest "
+        "EXPLAIN_SCORECAM_MAX_CHANNELS channels), eigencam, or cam (models whose head is global "
+        "average pooling + one linear layer).",
     )
     layer: str | None = Field(
         default=None, description="Target layer; default: the map that feeds the global pooling."

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     io_threads: int = Field(
         default=2, ge=1, description="Threads that decode images and encode PNGs, beside the model."
     )
+    scorecam_max_channels: int = Field(
+        default=128,
+        ge=0,
+        description="Score-CAM scores this many strongest channels per image (one forward pass each); "
+        "0: all of them, as in the paper.",
+    )
     png_compress_level: int = Field(
         default=1, ge=0, le=9, description="zlib level of returned PNGs."
     )

@@ -105,7 +105,8 @@ class ServiceState:
         log.info("ready: %s", ", ".join(self.models))
 
     def _serve(self, loaded: LoadedModel) -> ServedModel:
-        runner = TaskRunner(loaded)
+        scorecam_channels = self.settings.scorecam_max_channels or None
+        runner = TaskRunner(loaded, {"scorecam": {"max_channels": scorecam_channels}})
         _warm_up(runner)
         settings, metrics, name = self.settings, self.metrics, loaded.name
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -55,17 +55,26 @@ class CAMTask:
 
 
 class TaskRunner:
-    """Runs tasks on one loaded model; the model worker's ``run`` callable."""
+    """Runs tasks on one loaded model; the model worker's ``run`` callable.
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    Args:
+        loaded: The model.
+        method_options: Extra constructor arguments per CAM method name.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, method_options: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.loaded = loaded
+        self._method_options = method_options or {}
         self._methods: dict[tuple[str, str], CAMMethod] = {}
 
     def method(self, name: str, layer: str) -> CAMMethod:
         """The method instance for ``(name, layer)``, made once (only the model's thread calls it)."""
         key = (name, layer)
         if key not in self._methods:
-            self._methods[key] = get_method(name)(self.loaded.hooks, layer)
+            options = self._method_options.get(name, {})
+            self._methods[key] = get_method(name)(self.loaded.hooks, layer, **options)
         return self._methods[key]
 
     def __call__(

@@ -214,3 +214,23 @@ def test_targets_mix_indices_lists_and_top1(small_cnn):
         pytest.raises(ValueError, match="2 entries for a batch of 3"),
     ):
         get_method("gradcam")(hooks, "features.5")(x, [1, 2])
+
+
+def test_scorecam_channel_limit_scores_the_strongest_channels(resnet18):
+    x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    with ModelHooks(resnet18) as hooks:
+        full = normalize_maps(get_method("scorecam")(hooks, "layer4")(x, [5]).maps[0])
+        calls: list[int] = []
+        handle = resnet18.register_forward_pre_hook(lambda m, args: calls.append(len(args[0])))
+        limited = {
+            k: normalize_maps(
+                get_method("scorecam")(hooks, "layer4", max_channels=k)(x, [5]).maps[0]
+            )
+            for k in (128, 384)
+        }
+        handle.remove()
+    assert calls[:2] == [1, 32] and sum(calls) == 2 + 128 + 384  # capture pass + one per channel
+    error = {k: float((limited[k] - full).abs().max()) for k in (128, 384)}
+    assert error[384] < error[128] and error[384] < 0.1, error
+    with pytest.raises(ValueError, match="max_channels"):
+        get_method("scorecam")(ModelHooks(resnet18), "layer4", max_channels=0)
