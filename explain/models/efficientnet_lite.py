@@ -28,9 +28,12 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad_h = self._same_padding(x.shape[-2], 0)
         pad_w = self._same_padding(x.shape[-1], 1)
-        if pad_h or pad_w:
+        if pad_h % 2 == 0 and pad_w % 2 == 0:  # symmetric: the convolution pads, no copy
+            padding = (pad_h // 2, pad_w // 2)
+        else:
             x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-        return super().forward(x)
+            padding = (0, 0)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def _same_padding(self, size: int, dim: int) -> int:
         stride, kernel, dilation = self.stride[dim], self.kernel_size[dim], self.dilation[dim]
