@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["Preprocess"]
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 @dataclass(frozen=True)
@@ -45,23 +45,43 @@ class Preprocess:
         return (self.crop_size, self.crop_size)
 
     def crop(self, image: Image.Image) -> torch.Tensor:
-        """The RGB image as the model sees it: ``(crop, crop, 3)`` uint8, resized and cropped."""
+        """The RGB image as the model sees it: ``(crop, crop, 3)`` uint8, resized and cropped.
+
+        The same picture as torchvision's ``Resize(resize_size, antialias=True)`` then
+        ``CenterCrop(crop_size)`` (within one grey level, from rounding), computed by resampling
+        only the region that the crop keeps.
+        """
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        resized = TF.resize(
-            rgb,
-            [self.resize_size],
-            interpolation=InterpolationMode(self.interpolation),
-            antialias=True,
+        width, height = rgb.size
+        if width <= height:
+            new_width, new_height = self.resize_size, int(self.resize_size * height / width)
+        else:
+            new_width, new_height = int(self.resize_size * width / height), self.resize_size
+        top = round((new_height - self.crop_size) / 2.0)
+        left = round((new_width - self.crop_size) / 2.0)
+        scale_x, scale_y = width / new_width, height / new_height
+        box = (
+            left * scale_x,
+            top * scale_y,
+            (left + self.crop_size) * scale_x,
+            (top + self.crop_size) * scale_y,
         )
-        cropped = TF.center_crop(resized, [self.crop_size, self.crop_size])
+        size = (self.crop_size, self.crop_size)
+        cropped = rgb.resize(size, _RESAMPLE[self.interpolation], box=box)
         return torch.from_numpy(np.array(cropped, dtype=np.uint8))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(..., H, W, 3)`` uint8 pixels to the model's ``(..., 3, H, W)`` float input."""
-        values = pixels.movedim(-1, -3).float().div_(255)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return values.sub_(mean).div_(std)
+        """``(..., H, W, 3)`` uint8 pixels to the model's ``(..., 3, H, W)`` float input.
+
+        Computed with NumPy: the elementwise work stays on the calling thread instead of
+        starting a parallel region that would compete with a model running on other threads.
+        """
+        mean = np.asarray(self.mean, dtype=np.float32)
+        scale = 1 / (255 * np.asarray(self.std, dtype=np.float32))
+        values = np.asarray(pixels, dtype=np.float32) * scale - mean / np.asarray(
+            self.std, dtype=np.float32
+        )
+        return torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, -1, -3)))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """One image to a ``(3, crop, crop)`` input tensor."""

@@ -190,3 +190,36 @@ def test_preprocess_gives_the_model_input_size(lite0, size, mode):
     crop = lite0.preprocess.crop(image)
     assert crop.shape == (224, 224, 3) and crop.dtype == torch.uint8
     assert lite0.preprocess(image).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("spec", ["efficientnet_lite0", "resnet50:none", "inception_v3:none"])
+def test_preprocess_matches_torchvision_transforms(spec):
+    from torchvision.transforms import v2
+
+    from tests.conftest import photo
+
+    entry = get_entry(parse_spec(spec)[0])
+    preprocess = entry.weights(None).preprocess
+    reference = (
+        v2.Compose(  # on the PIL image, as torchvision's weights transforms do for PIL input
+            [
+                v2.Resize(
+                    preprocess.resize_size,
+                    interpolation=v2.InterpolationMode(preprocess.interpolation),
+                    antialias=True,
+                ),
+                v2.CenterCrop(preprocess.crop_size),
+                v2.PILToTensor(),
+            ]
+        )
+    )
+    for name in ("chelsea", "coffee", "astronaut"):
+        image = photo(name)
+        expected = reference(image).permute(1, 2, 0)
+        ours = preprocess.crop(image)
+        difference = (ours.int() - expected.int()).abs()
+        assert difference.max() <= 1 and (difference > 0).float().mean() < 0.01, name
+        normalized = v2.Normalize(preprocess.mean, preprocess.std)(
+            ours.permute(2, 0, 1).float() / 255
+        )
+        torch.testing.assert_close(preprocess.normalize(ours), normalized)
