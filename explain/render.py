@@ -1,7 +1,8 @@
 """Pictures from tensors: colour-mapped heatmaps, overlays, feature-map grids, PNG and base64.
 
-Everything works on tensors or arrays in memory; nothing touches the file system. Colour maps come
-from matplotlib's registry, sampled once into a 256-entry lookup table.
+This is the rendering boundary: functions take tensors or arrays and work in NumPy, on the calling
+thread (no parallel region competing with a model on other threads), in memory (no files).
+Colour maps come from matplotlib's registry, sampled once into a 256-entry lookup table.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from PIL import Image
 
 from explain.errors import UnknownNameError
 
+ArrayLike = torch.Tensor | np.ndarray
+
 __all__ = [
     "PNG_COMPRESS_LEVEL",
     "UnknownColormapError",
     "apply_colormap",
+    "colormap_index",
     "colormap_lut",
     "colormap_names",
     "encode_png",
@@ -47,7 +51,7 @@ def colormap_names() -> list[str]:
 
 
 @functools.lru_cache(maxsize=32)
-def colormap_lut(name: str) -> torch.Tensor:
+def colormap_lut(name: str) -> np.ndarray:
     """A ``(256, 3)`` uint8 lookup table sampled from matplotlib's colour map ``name``.
 
     Raises:
@@ -58,36 +62,46 @@ def colormap_lut(name: str) -> torch.Tensor:
     if name not in colormaps:
         raise UnknownColormapError(name, colormaps)
     rgba = colormaps[name](np.linspace(0.0, 1.0, 256))
-    return torch.from_numpy(np.round(rgba[:, :3] * 255).astype(np.uint8))
+    lut = np.round(rgba[:, :3] * 255).astype(np.uint8)
+    lut.flags.writeable = False  # shared by every caller through the cache
+    return lut
 
 
-def apply_colormap(values: torch.Tensor, colormap: str = "jet") -> torch.Tensor:
+def colormap_index(values: ArrayLike) -> np.ndarray:
+    """A ``(H, W)`` map with values in ``[0, 1]`` (clamped) as ``uint8`` indices into a colour map."""
+    array = _array(values, np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"values must be (H, W), got shape {list(array.shape)}")
+    return np.rint(np.clip(array, 0, 1) * 255).astype(np.uint8)
+
+
+def apply_colormap(values: ArrayLike, colormap: str = "jet") -> np.ndarray:
     """Colour a ``(H, W)`` map with values in ``[0, 1]`` (clamped): returns ``(H, W, 3)`` uint8."""
-    if values.dim() != 2:
-        raise ValueError(f"values must be (H, W), got shape {list(values.shape)}")
-    index = (values.float().clamp(0, 1) * 255).round().long()
-    return colormap_lut(colormap)[index]
+    return colormap_lut(colormap)[colormap_index(values)]
 
 
-def overlay(image: torch.Tensor, heatmap: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """Blend an ``(H, W, 3)`` uint8 heatmap over an ``(H, W, 3)`` uint8 image with opacity ``alpha``."""
+def overlay(image: ArrayLike, heatmap: ArrayLike, alpha: float = 0.5) -> np.ndarray:
+    """Blend an ``(H, W, 3)`` uint8 heatmap over an ``(H, W, 3)`` uint8 image with opacity ``alpha``
+    (in integer arithmetic, alpha in steps of 1/256)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if image.shape != heatmap.shape or image.dim() != 3 or image.shape[-1] != 3:
+    base, heat = _array(image), _array(heatmap)
+    if base.shape != heat.shape or base.ndim != 3 or base.shape[-1] != 3:
         raise ValueError(
-            f"image and heatmap must both be (H, W, 3); got {list(image.shape)} "
-            f"and {list(heatmap.shape)}"
+            f"image and heatmap must both be (H, W, 3); got {list(base.shape)} "
+            f"and {list(heat.shape)}"
         )
-    blended = image.float() * (1.0 - alpha) + heatmap.float() * alpha
-    return blended.round_().clamp_(0, 255).to(torch.uint8)
+    weight = round(alpha * 256)
+    blended = base.astype(np.uint16) * (256 - weight) + heat.astype(np.uint16) * weight + 128
+    return (blended >> 8).astype(np.uint8)
 
 
 def feature_grid(
-    feature_map: torch.Tensor,
+    feature_map: ArrayLike,
     max_channels: int = 64,
     nrow: int | None = None,
     padding: int = 2,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Tile the channels of a ``(C, H, W)`` map into one grayscale ``uint8`` image.
 
     Same picture as ``torchvision.utils.make_grid(channels, nrow, padding, normalize=True,
@@ -96,54 +110,68 @@ def feature_grid(
     is returned without padding, as ``make_grid`` does).
 
     Args:
-        feature_map: ``(C, H, W)`` tensor.
+        feature_map: ``(C, H, W)`` tensor or array.
         max_channels: Show at most this many channels (the first ones).
         nrow: Tiles per row; default ``ceil(sqrt(shown))``, a near-square grid.
         padding: Pixels between tiles.
     """
-    if feature_map.dim() != 3:
-        raise ValueError(f"feature_map must be (C, H, W), got shape {list(feature_map.shape)}")
     if max_channels < 1:
         raise ValueError(f"max_channels must be >= 1, got {max_channels}")
-    tiles = feature_map[:max_channels].detach().float()
+    tiles = _array(feature_map[:max_channels], np.float32)
+    if tiles.ndim != 3:
+        raise ValueError(f"feature_map must be (C, H, W), got shape {list(tiles.shape)}")
     count, height, width = tiles.shape
     per_row = min(nrow or math.ceil(math.sqrt(count)), count)
     rows = math.ceil(count / per_row)
 
-    low = tiles.amin(dim=(1, 2), keepdim=True)
-    high = tiles.amax(dim=(1, 2), keepdim=True)
-    scaled = (tiles - low) / (high - low).clamp_min(1e-5)
-    pixels = scaled.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+    low = tiles.min(axis=(1, 2), keepdims=True)
+    high = tiles.max(axis=(1, 2), keepdims=True)
+    scaled = (tiles - low) / np.maximum(high - low, np.float32(1e-5))
+    pixels = np.clip(scaled * 255 + 0.5, 0, 255).astype(np.uint8)
     if count == 1:  # make_grid returns a lone tile as it is, without padding
         return pixels[0]
 
-    cell_h, cell_w = height + padding, width + padding
-    grid = torch.zeros(rows * cell_h + padding, per_row * cell_w + padding, dtype=torch.uint8)
-    blank = torch.zeros(rows * per_row - count, height, width, dtype=torch.uint8)
-    cells = torch.cat([pixels, blank]).reshape(rows, per_row, height, width)
-    view = grid[padding:, padding:].unfold(0, height, cell_h).unfold(1, width, cell_w)
-    view[:rows, :per_row] = cells
-    return grid
+    cells = np.zeros((rows * per_row, height + padding, width + padding), dtype=np.uint8)
+    cells[:count, :height, :width] = pixels
+    grid = cells.reshape(rows, per_row, height + padding, width + padding).transpose(0, 2, 1, 3)
+    grid = grid.reshape(rows * (height + padding), per_row * (width + padding))
+    return np.pad(grid, ((padding, 0), (padding, 0)))
 
 
 def encode_png(
-    pixels: torch.Tensor | np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL
+    pixels: ArrayLike,
+    compress_level: int = PNG_COMPRESS_LEVEL,
+    palette: np.ndarray | None = None,
 ) -> bytes:
-    """PNG bytes of an ``(H, W)`` grayscale or ``(H, W, 3)`` RGB uint8 image."""
-    array = pixels.numpy(force=True) if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    """PNG bytes of an ``(H, W)`` grayscale or ``(H, W, 3)`` RGB uint8 image.
+
+    With a ``(256, 3)`` ``palette`` (a colour map's lookup table), ``(H, W)`` pixels are indices and
+    the PNG is indexed-colour: a third of the data of RGB, so smaller and faster to encode, and
+    its pixel values are the heat itself.
+    """
+    array = _array(pixels)
     if (
         array.dtype != np.uint8
         or array.ndim not in (2, 3)
         or (array.ndim == 3 and array.shape[2] != 3)
+        or (palette is not None and array.ndim != 2)
     ):
         raise ValueError(f"expected (H, W) or (H, W, 3) uint8, got {array.dtype} {array.shape}")
+    image = Image.fromarray(np.ascontiguousarray(array))
+    if palette is not None:
+        image.putpalette(np.asarray(palette, dtype=np.uint8).tobytes())
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(
-        buffer, format="PNG", compress_level=compress_level
-    )
+    image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 
-def png_base64(pixels: torch.Tensor | np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> str:
+def png_base64(
+    pixels: ArrayLike, compress_level: int = PNG_COMPRESS_LEVEL, palette: np.ndarray | None = None
+) -> str:
     """Base64 (ASCII) of :func:`encode_png`."""
-    return base64.b64encode(encode_png(pixels, compress_level)).decode("ascii")
+    return base64.b64encode(encode_png(pixels, compress_level, palette)).decode("ascii")
+
+
+def _array(values: ArrayLike, dtype: type | None = None) -> np.ndarray:
+    array = values.numpy(force=True) if isinstance(values, torch.Tensor) else np.asarray(values)
+    return array if dtype is None else array.astype(dtype, copy=False)
