@@ -35,6 +35,7 @@ import httpx
 import torch
 
 from explain.models import load_model
+from service.settings import Settings
 from tests.service.conftest import image_bytes
 
 
@@ -184,7 +185,7 @@ def main() -> None:
                 raise SystemExit("the server did not become ready")
             time.sleep(0.2)
         body = image_bytes("chelsea")
-        batch = int(env.get("EXPLAIN_MAX_BATCH_SIZE", 16))
+        batch = int(env.get("EXPLAIN_MAX_BATCH_SIZE", Settings().max_batch_size))
         raw = raw_throughput(args.model, batch, args.threads)
         print(
             f"raw batched forward ({args.model}, batch {batch}, {args.threads} threads): {raw:.1f} images/s"

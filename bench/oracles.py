@@ -3,7 +3,7 @@
 Uses the same oracles and cases as tests/explain/test_methods.py (which asserts <= 1e-4) and prints
 the measured maximum absolute difference of the maps normalised by their maximum.
 
-    python -m bench.oracles
+    python -m bench.oracles 2>/dev/null   # (the reference Score-CAM draws progress bars on stderr)
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> None:
     print("| method | oracle | " + " | ".join(CASES) + " |")
     print("| --- | --- | " + " | ".join("---:" for _ in CASES) + " |")
     rows: dict[tuple[str, str], list[str]] = {}
-    for case, (factory, layer, oracle_layer, shape, targets) in CASES.items():
+    for factory, layer, oracle_layer, shape, targets in CASES.values():
         torch.manual_seed(0)
         model = (factory() if factory else SmallCNN()).eval()
         x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))

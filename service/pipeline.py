@@ -17,8 +17,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from explain.methods import get_method, normalize_maps, upsample_maps
-from explain.render import apply_colormap, colormap_lut, feature_grid, overlay, png_base64
+from explain.methods import get_method
+from explain.render import colormap_index, colormap_lut, feature_grid, overlay, png_base64
 from service.errors import ApiError
 from service.images import ImageLimits, decode_image
 from service.inputs import read_images
@@ -124,16 +124,15 @@ def plan_gradcam(served: ServedModel, options: GradCAMOptions, png_level: int) -
         )
     loaded.layers.check(layer, spatial=True)
     targets = [loaded.labels.resolve(t) for t in options.target] if options.target else None
-    colormap_lut(options.colormap)
-    size = loaded.preprocess.input_size
+    lut = colormap_lut(options.colormap)
 
     def render(image: PreparedImage, output: ImageOutput) -> dict[str, Any]:
-        assert output.cams is not None and output.targets is not None  # made by a CAM task
-        normalized = normalize_maps(output.cams)
-        heatmaps = upsample_maps(normalized, size)
+        assert output.cams is not None and output.heatmaps is not None  # made by a CAM task
+        assert output.targets is not None
         explanations = []
         for j, index in enumerate(output.targets):
-            heat = apply_colormap(heatmaps[j], options.colormap)
+            heat_index = colormap_index(output.heatmaps[j])
+            heat = lut[heat_index]
             explanation: dict[str, Any] = {
                 "index": index,
                 "label": loaded.labels[index],
@@ -141,10 +140,10 @@ def plan_gradcam(served: ServedModel, options: GradCAMOptions, png_level: int) -
                 "method": options.method,
                 "layer": layer,
                 "overlay_png": png_base64(overlay(image.pixels, heat, options.alpha), png_level),
-                "heatmap_png": png_base64(heat, png_level),
+                "heatmap_png": png_base64(heat_index, png_level, palette=lut),
             }
             if options.return_cam:
-                cam = normalized[j]
+                cam = output.cams[j]
                 values = [[round(v, 6) for v in row] for row in cam.tolist()]
                 explanation["cam"] = {"shape": list(cam.shape), "values": values}
             explanations.append(explanation)
@@ -182,8 +181,8 @@ def _merge_options(query: BaseModel, sent: dict[str, Any]) -> BaseModel:
 
 
 def _prepare(data: bytes, index: int, limits: ImageLimits, served: ServedModel) -> PreparedImage:
-    decoded = decode_image(data, limits, index)
     preprocess = served.loaded.preprocess
+    decoded = decode_image(data, limits, index, min_side=preprocess.resize_size)
     pixels = preprocess.crop(decoded.image)
     return PreparedImage(preprocess.normalize(pixels), pixels, decoded.warnings)
 

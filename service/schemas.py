@@ -156,7 +156,10 @@ class Explanation(BaseModel):
     overlay_png: str = Field(
         description="Base64 PNG: the model's view of the image, heatmap over it."
     )
-    heatmap_png: str = Field(description="Base64 PNG: the colour-mapped heatmap alone.")
+    heatmap_png: str = Field(
+        description="Base64 indexed-colour PNG: the heatmap alone; pixel values are the heat "
+        "(0-255), the palette is the colour map."
+    )
     cam: CamValues | None = Field(default=None, description="Only with return_cam.")
 
 

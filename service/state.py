@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,9 @@ class ServiceState:
         # Every image is checked against max_image_pixels from its header before decoding
         # (service.images); Pillow's process-wide check would warn or refuse at another limit.
         Image.MAX_IMAGE_PIXELS = None
+        # The model thread drops the GIL around every torch op and must win it back quickly, or a
+        # forward pass stalls behind the event loop and I/O threads (Python's default is 5 ms).
+        sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="io")

@@ -1,7 +1,8 @@
 """What a model batch computes: predictions, feature maps, or class activation maps.
 
 A task is a frozen dataclass, so jobs with equal tasks can share one batch. Running a task returns
-one :class:`ImageOutput` per image; rendering happens later, off the model's thread.
+one :class:`ImageOutput` per image, with everything computed in torch done (maps normalised and
+upsampled); colouring and PNG encoding happen later, off the model's thread.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from explain.featuremaps import capture_feature_maps
-from explain.methods import CAMMethod, get_method
+from explain.methods import CAMMethod, get_method, normalize_maps, upsample_maps
 from explain.models import LoadedModel
 
 __all__ = ["CAMTask", "FeatureMapTask", "ImageOutput", "PredictTask", "TaskRunner"]
@@ -26,13 +27,16 @@ class ImageOutput:
     Attributes:
         probabilities: Softmax over the classes, ``(num_classes,)``.
         feature_maps: Layer name to its ``(C, H, W)`` output (feature-map tasks).
-        cams: Raw maps ``(T, h, w)`` at layer resolution (CAM tasks).
+        cams: Maps ``(T, h, w)`` at layer resolution, after ReLU, divided by their maximum
+            (CAM tasks).
+        heatmaps: The same maps upsampled to the input size, ``(T, H, W)`` (CAM tasks).
         targets: The ``T`` classes the maps explain (CAM tasks).
     """
 
     probabilities: torch.Tensor
     feature_maps: dict[str, torch.Tensor] | None = None
     cams: torch.Tensor | None = None
+    heatmaps: torch.Tensor | None = None
     targets: list[int] | None = None
 
 
@@ -97,10 +101,13 @@ class TaskRunner:
         if isinstance(task, CAMTask):
             result = self.method(task.method, task.layer)(inputs, targets)
             probabilities = result.logits.softmax(dim=1)
-            return [
-                ImageOutput(p, cams=maps, targets=image_targets)
-                for p, maps, image_targets in zip(
-                    probabilities, result.maps, result.targets, strict=True
-                )
-            ]
+            size = self.loaded.preprocess.input_size
+            outputs = []
+            for p, maps, image_targets in zip(
+                probabilities, result.maps, result.targets, strict=True
+            ):
+                cams = normalize_maps(maps)
+                heatmaps = upsample_maps(cams, size)
+                outputs.append(ImageOutput(p, cams=cams, heatmaps=heatmaps, targets=image_targets))
+            return outputs
         raise TypeError(f"unknown task {task!r}")

@@ -69,9 +69,10 @@ def b64(data: bytes) -> str:
 
 
 def png_array(text: str) -> np.ndarray:
+    """A base64 PNG's pixels; indexed-colour PNGs are turned into RGB."""
     image = Image.open(io.BytesIO(base64.b64decode(text)))
     assert image.format == "PNG"
-    return np.asarray(image)
+    return np.asarray(image.convert("RGB") if image.mode == "P" else image)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:

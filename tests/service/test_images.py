@@ -72,3 +72,21 @@ def test_aspect_ratio_limit(size, accepted):
     else:
         with pytest.raises(ApiError, match="aspect ratio"):
             decode_image(data, LIMITS)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale_with_the_same_picture():
+    from explain.models import load_model
+    from tests.conftest import photo
+
+    preprocess = load_model("alexnet:none").preprocess
+    large = photo("chelsea").resize((451 * 8, 300 * 8), Image.Resampling.BICUBIC)
+    data = encode(large, "JPEG", quality=95)
+    limits = ImageLimits(max_pixels=64_000_000, max_aspect_ratio=20)
+    full = decode_image(data, limits).image
+    reduced = decode_image(data, limits, min_side=preprocess.resize_size).image
+    assert full.size == (3608, 2400)
+    assert 2 * 256 <= min(reduced.size) < 4 * 256  # 1/4 scale: 902 x 600
+    difference = np.abs(
+        preprocess.crop(full).numpy().astype(int) - preprocess.crop(reduced).numpy().astype(int)
+    )
+    assert difference.mean() < 1.0 and np.percentile(difference, 99) <= 4
