@@ -95,24 +95,44 @@ async def load(
     }
 
 
-def raw_throughput(spec: str, batch: int, threads: int, seconds: float = 10.0) -> float:
-    """Images/s of the bare model: batched forwards under inference_mode, no HTTP."""
-    torch.set_num_threads(threads)
-    loaded = load_model(spec)
-    x = torch.randn(batch, 3, *loaded.preprocess.input_size)
-    with torch.inference_mode():
-        for _ in range(3):
-            loaded.model(x)
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            loaded.model(x)
-            count += batch
-        elapsed = time.perf_counter() - started
-    loaded.close()
-    return count / elapsed
+class RawModel:
+    """The bare model in this process: batched forwards under inference_mode, no HTTP."""
+
+    def __init__(self, spec: str, batch: int, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.loaded = load_model(spec)
+        self.inputs = torch.randn(batch, 3, *self.loaded.preprocess.input_size)
+
+    def throughput(self, seconds: float = 4.0) -> float:
+        """Images/s over ``seconds`` (after two warm-up batches)."""
+        model, x = self.loaded.model, self.inputs
+        with torch.inference_mode():
+            for _ in range(2):
+                model(x)
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                model(x)
+                count += len(x)
+        return count / (time.perf_counter() - started)
 
 
-def plot(results: list[dict], raw: float, path: Path) -> None:
+def summarize(trials: list[dict]) -> list[dict]:
+    """The median of every number over the trials of each (endpoint, concurrency)."""
+    keys = sorted(
+        {(t["path"], t["concurrency"]) for t in trials}, key=lambda k: (k[0] != "/predict", k[1])
+    )
+    summary = []
+    for path, concurrency in keys:
+        same = [t for t in trials if (t["path"], t["concurrency"]) == (path, concurrency)]
+        numbers = {
+            name: statistics.median(t[name] for t in same)
+            for name in ("images_per_s", "p50_ms", "p99_ms", "raw_images_per_s", "vs_raw")
+        }
+        summary.append({"path": path, "concurrency": concurrency, **numbers})
+    return summary
+
+
+def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +147,14 @@ def plot(results: list[dict], raw: float, path: Path) -> None:
             "o-",
             label=endpoint,
         )
-    axis.axhline(raw, color="grey", linestyle="--", label="raw batched forward")
+    raw = [r["raw_images_per_s"] for r in results if r["path"] == "/predict"]
+    axis.plot(
+        [r["concurrency"] for r in results if r["path"] == "/predict"],
+        raw,
+        "--",
+        color="grey",
+        label="raw batched forward (same run)",
+    )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("concurrent clients")
     axis.set_ylabel("images / s")
@@ -145,6 +172,9 @@ def main() -> None:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=400, help="requests per phase")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per phase, at most")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="trials of every phase; medians reported"
+    )
     parser.add_argument("--rss-requests", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--env", nargs="*", default=[], help="extra EXPLAIN_*=value for the server")
@@ -174,64 +204,91 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("the server did not become ready")
-            time.sleep(0.2)
+        wait_ready(base, server)
         body = image_bytes("chelsea")
         batch = int(env.get("EXPLAIN_MAX_BATCH_SIZE", Settings().max_batch_size))
-        raw = raw_throughput(args.model, batch, args.threads)
+        raw_model = RawModel(args.model, batch, args.threads)
         print(
-            f"raw batched forward ({args.model}, batch {batch}, {args.threads} threads): {raw:.1f} images/s"
+            f"raw: {args.model}, batch {batch}, {args.threads} threads, measured around each phase"
         )
-
-        results = []
-        for path in ("/predict", "/gradcam"):
-            asyncio.run(load(base, path, body, 4, 20, 60))  # warm-up
-            for concurrency in args.concurrency:
-                requests = args.requests if concurrency > 1 else max(50, args.requests // 4)
-                result = asyncio.run(load(base, path, body, concurrency, requests, args.time_limit))
-                result["vs_raw"] = result["images_per_s"] / raw
-                results.append(result)
-                print(
-                    f"{path:10} c={concurrency:<3} {result['images_per_s']:7.1f} images/s  "
-                    f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                    f"x raw {result['vs_raw']:.2f}  ({result['requests']} ok, {result['failures']} failed)"
-                )
+        trials = []
+        for trial in range(args.repeat):
+            for path in ("/predict", "/gradcam"):
+                asyncio.run(load(base, path, body, 4, 20, 60))  # warm-up
+                for concurrency in args.concurrency:
+                    requests = args.requests if concurrency > 1 else max(50, args.requests // 4)
+                    before = raw_model.throughput()
+                    result = asyncio.run(
+                        load(base, path, body, concurrency, requests, args.time_limit)
+                    )
+                    result["raw_images_per_s"] = (before + raw_model.throughput()) / 2
+                    result["vs_raw"] = result["images_per_s"] / result["raw_images_per_s"]
+                    result["trial"] = trial
+                    trials.append(result)
+                    print(
+                        f"trial {trial} {path:10} c={concurrency:<3} {result['images_per_s']:6.1f} images/s  "
+                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
+                        f"raw {result['raw_images_per_s']:5.1f}  x raw {result['vs_raw']:.2f}  "
+                        f"({result['requests']} ok, {result['failures']} failed)"
+                    )
 
         asyncio.run(load(base, "/gradcam", body, 8, 200, 120))  # warm-up for the memory check
-        before = rss_mb(server.pid)
+        rss_before = rss_mb(server.pid)
         memory = asyncio.run(load(base, "/gradcam", body, 8, args.rss_requests, 1800))
-        after = rss_mb(server.pid)
-        print(
-            f"RSS over {memory['requests']} /gradcam requests: {before:.1f} MB -> {after:.1f} MB "
-            f"({after - before:+.1f} MB)"
-        )
+        rss_after = rss_mb(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
 
-    single = {r["path"]: r["p50_ms"] for r in results if r["concurrency"] == 1}
-    if {"/predict", "/gradcam"} <= set(single):
+    results = summarize(trials)
+    print(f"\nmedians over {args.repeat} trials")
+    print("| endpoint | clients | images/s | p50 ms | p99 ms | raw images/s | x raw |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
         print(
-            f"/gradcam p50 / /predict p50 at concurrency 1: {single['/gradcam'] / single['/predict']:.2f}"
+            f"| {r['path']} | {r['concurrency']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['raw_images_per_s']:.1f} | {r['vs_raw']:.2f} |"
         )
+    ratios = [
+        g["p50_ms"] / p["p50_ms"]
+        for p in trials
+        for g in trials
+        if p["trial"] == g["trial"]
+        and p["concurrency"] == g["concurrency"] == 1
+        and (p["path"], g["path"]) == ("/predict", "/gradcam")
+    ]
+    if ratios:
+        shown = ", ".join(f"{r:.2f}" for r in ratios)
+        print(
+            f"/gradcam p50 / /predict p50, one client, per trial: {shown} (median {statistics.median(ratios):.2f})"
+        )
+    print(
+        f"RSS over {memory['requests']} /gradcam requests after warm-up: {rss_before:.1f} MB -> "
+        f"{rss_after:.1f} MB ({rss_after - rss_before:+.1f} MB)"
+    )
     report = {
         "model": args.model,
-        "raw_images_per_s": raw,
         "results": results,
-        "rss_mb": {"before": before, "after": after, "requests": memory["requests"]},
+        "trials": trials,
+        "rss_mb": {"before": rss_before, "after": rss_after, "requests": memory["requests"]},
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    plot(results, raw, args.plot)
+    plot(results, args.plot)
     print(f"written: {args.json}, {args.plot}")
+
+
+def wait_ready(base: str, server: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise SystemExit("the server did not become ready")
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":
