@@ -11,6 +11,7 @@ import base64
 import functools
 import io
 import math
+import zlib
 
 import numpy as np
 import torch
@@ -77,7 +78,7 @@ def colormap_index(values: ArrayLike) -> np.ndarray:
 
 def apply_colormap(values: ArrayLike, colormap: str = "jet") -> np.ndarray:
     """Colour a ``(H, W)`` map with values in ``[0, 1]`` (clamped): returns ``(H, W, 3)`` uint8."""
-    return colormap_lut(colormap)[colormap_index(values)]
+    return np.take(colormap_lut(colormap), colormap_index(values), axis=0)
 
 
 def overlay(image: ArrayLike, heatmap: ArrayLike, alpha: float = 0.5) -> np.ndarray:
@@ -148,6 +149,11 @@ def encode_png(
     With a ``(256, 3)`` ``palette`` (a colour map's lookup table), ``(H, W)`` pixels are indices and
     the PNG is indexed-colour: a third of the data of RGB, so smaller and faster to encode, and
     its pixel values are the heat itself.
+
+    Photographs and feature grids are deflated with the run-length strategy (``zlib.Z_RLE``):
+    after PNG's row filters their bytes have few long repeats to find, and skipping the search
+    makes encoding ~20% faster and the files a little smaller; smooth indexed heatmaps keep
+    zlib's default strategy, which halves their size.
     """
     array = _array(pixels)
     if (
@@ -160,8 +166,9 @@ def encode_png(
     image = Image.fromarray(np.ascontiguousarray(array))
     if palette is not None:
         image.putpalette(np.asarray(palette, dtype=np.uint8).tobytes())
+    strategy = zlib.Z_DEFAULT_STRATEGY if palette is not None else zlib.Z_RLE
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level)
+    image.save(buffer, format="PNG", compress_level=compress_level, compress_type=strategy)
     return buffer.getvalue()
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -132,7 +133,7 @@ def plan_gradcam(served: ServedModel, options: GradCAMOptions, png_level: int) -
         explanations = []
         for j, index in enumerate(output.targets):
             heat_index = colormap_index(output.heatmaps[j])
-            heat = lut[heat_index]
+            heat = np.take(lut, heat_index, axis=0)
             explanation: dict[str, Any] = {
                 "index": index,
                 "label": loaded.labels[index],
