@@ -1,20 +1,25 @@
 """HTTP throughput and latency of the real server, against the model's own batched throughput.
 
-Starts ``python -m service`` on a free loopback port, drives it with a bounded async httpx load
-generator (a fixed number of requests per phase, and a time limit), and measures in the same run:
+Starts ``python -m service`` on a free loopback port and drives it with a bounded async httpx load
+generator (loopback only; each phase has a time limit). Measured in the same run:
 
 - ``/predict`` and ``/gradcam`` at concurrency 1, 8 and 32: images/s, p50 and p99 latency;
-- the model's raw batched forward throughput (``inference_mode``, batch = the server's
-  max batch size) in this process while the server is idle, and the ratio of ``/predict``'s
-  throughput to it;
+- the model's raw batched forward throughput (``inference_mode``, batch 4 on every core: its
+  fastest single-stream setting here) in this process while the server is idle, and the ratio of
+  each phase's throughput to it;
 - the server's RSS before and after 2,000 ``/gradcam`` requests (after warm-up);
 - a plot of throughput against concurrency (PNG).
 
-    python -m bench.http_load                                  # efficientnet_lite0, the defaults
-    python -m bench.http_load --requests 64 --rss-requests 200 # a quick look
+The machine this runs on is shared: its speed drifts by tens of percent within a minute. So each
+phase alternates short raw-model slices with short load slices, several rounds, and compares the
+totals: both sides see the same drift.
 
-The load generator shares the machine with the server; on 2 cores its own CPU use (HTTP, JSON)
-costs the server some throughput, so the ratio is a lower bound.
+    python -m bench.http_load                           # efficientnet_lite0, the service's defaults
+    python -m bench.http_load --env EXPLAIN_BATCH_THREADS=2 EXPLAIN_TORCH_THREADS=1 EXPLAIN_MAX_BATCH_SIZE=2
+    python -m bench.http_load --rounds 2 --rss-requests 200   # a quick look
+
+The load generator shares the 2 cores with the server; its own CPU use (HTTP, JSON) is taken from
+the server, so the ratios are lower bounds.
 """
 
 from __future__ import annotations
@@ -29,14 +34,42 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import torch
 
 from explain.models import load_model
-from service.settings import Settings
 from tests.service.conftest import image_bytes
+
+
+@dataclass
+class Phase:
+    """One endpoint at one concurrency, accumulated over rounds."""
+
+    path: str
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    failures: int = 0
+    seconds: float = 0.0
+    raw_images: int = 0
+    raw_seconds: float = 0.0
+
+    def summary(self) -> dict:
+        images_per_s = len(self.latencies) / self.seconds
+        raw = self.raw_images / self.raw_seconds
+        return {
+            "path": self.path,
+            "concurrency": self.concurrency,
+            "requests": len(self.latencies),
+            "failures": self.failures,
+            "images_per_s": images_per_s,
+            "p50_ms": statistics.median(self.latencies) * 1000,
+            "p99_ms": percentile(self.latencies, 0.99) * 1000,
+            "raw_images_per_s": raw,
+            "vs_raw": images_per_s / raw,
+        }
 
 
 def free_port() -> int:
@@ -58,18 +91,24 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def load(
-    base: str, path: str, body: bytes, concurrency: int, requests: int, time_limit: float
-) -> dict:
-    """Send ``requests`` requests with ``concurrency`` in flight; stop early at ``time_limit``."""
-    latencies: list[float] = []
-    failures = 0
+    base: str,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    requests: int = 10**9,
+    phase: Phase | None = None,
+) -> Phase:
+    """Keep ``concurrency`` requests in flight for ``seconds`` (or until ``requests`` were sent),
+    then wait for the last answers; the slice's time runs until the last one."""
+    phase = phase or Phase(path, concurrency)
     remaining = requests
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-        deadline = time.perf_counter() + time_limit
+        deadline = time.perf_counter() + seconds
 
         async def worker() -> None:
-            nonlocal remaining, failures
+            nonlocal remaining
             while remaining > 0 and time.perf_counter() < deadline:
                 remaining -= 1
                 started = time.perf_counter()
@@ -77,22 +116,14 @@ async def load(
                     path, content=body, headers={"content-type": "image/jpeg"}
                 )
                 if response.status_code == 200:
-                    latencies.append(time.perf_counter() - started)
+                    phase.latencies.append(time.perf_counter() - started)
                 else:
-                    failures += 1
+                    phase.failures += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {
-        "path": path,
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "failures": failures,
-        "images_per_s": len(latencies) / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": percentile(latencies, 0.99) * 1000,
-    }
+        phase.seconds += time.perf_counter() - started
+    return phase
 
 
 class RawModel:
@@ -102,34 +133,18 @@ class RawModel:
         torch.set_num_threads(threads)
         self.loaded = load_model(spec)
         self.inputs = torch.randn(batch, 3, *self.loaded.preprocess.input_size)
-
-    def throughput(self, seconds: float = 4.0) -> float:
-        """Images/s over ``seconds`` (after two warm-up batches)."""
-        model, x = self.loaded.model, self.inputs
         with torch.inference_mode():
             for _ in range(2):
-                model(x)
-            count, started = 0, time.perf_counter()
+                self.loaded.model(self.inputs)
+
+    def run(self, seconds: float, phase: Phase) -> None:
+        model, x = self.loaded.model, self.inputs
+        with torch.inference_mode():
+            started = time.perf_counter()
             while time.perf_counter() - started < seconds:
                 model(x)
-                count += len(x)
-        return count / (time.perf_counter() - started)
-
-
-def summarize(trials: list[dict]) -> list[dict]:
-    """The median of every number over the trials of each (endpoint, concurrency)."""
-    keys = sorted(
-        {(t["path"], t["concurrency"]) for t in trials}, key=lambda k: (k[0] != "/predict", k[1])
-    )
-    summary = []
-    for path, concurrency in keys:
-        same = [t for t in trials if (t["path"], t["concurrency"]) == (path, concurrency)]
-        numbers = {
-            name: statistics.median(t[name] for t in same)
-            for name in ("images_per_s", "p50_ms", "p99_ms", "raw_images_per_s", "vs_raw")
-        }
-        summary.append({"path": path, "concurrency": concurrency, **numbers})
-    return summary
+                phase.raw_images += len(x)
+        phase.raw_seconds += time.perf_counter() - started
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -147,135 +162,24 @@ def plot(results: list[dict], path: Path) -> None:
             "o-",
             label=endpoint,
         )
-    raw = [r["raw_images_per_s"] for r in results if r["path"] == "/predict"]
+    predict = [r for r in results if r["path"] == "/predict"]
     axis.plot(
-        [r["concurrency"] for r in results if r["path"] == "/predict"],
-        raw,
+        [r["concurrency"] for r in predict],
+        [r["raw_images_per_s"] for r in predict],
         "--",
         color="grey",
-        label="raw batched forward (same run)",
+        label="raw batched forward (same phases)",
     )
     axis.set_xscale("log", base=2)
     axis.set_xlabel("concurrent clients")
     axis.set_ylabel("images / s")
-    axis.set_title("Throughput against concurrency")
+    axis.set_ylim(bottom=0)
+    axis.set_title("EfficientNet-Lite0 over HTTP, 2 CPU cores")
     axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="efficientnet_lite0")
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=400, help="requests per phase")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per phase, at most")
-    parser.add_argument(
-        "--repeat", type=int, default=3, help="trials of every phase; medians reported"
-    )
-    parser.add_argument("--rss-requests", type=int, default=2000)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--env", nargs="*", default=[], help="extra EXPLAIN_*=value for the server")
-    parser.add_argument("--json", type=Path, default=Path("bench/out/http_load.json"))
-    parser.add_argument("--plot", type=Path, default=Path("docs/throughput.png"))
-    args = parser.parse_args()
-
-    port = free_port()
-    env = {
-        **os.environ,
-        "EXPLAIN_TORCH_THREADS": str(args.threads),
-        **dict(e.split("=", 1) for e in args.env),
-    }
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "--port",
-            str(port),
-            "--models",
-            args.model,
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, server)
-        body = image_bytes("chelsea")
-        batch = int(env.get("EXPLAIN_MAX_BATCH_SIZE", Settings().max_batch_size))
-        raw_model = RawModel(args.model, batch, args.threads)
-        print(
-            f"raw: {args.model}, batch {batch}, {args.threads} threads, measured around each phase"
-        )
-        trials = []
-        for trial in range(args.repeat):
-            for path in ("/predict", "/gradcam"):
-                asyncio.run(load(base, path, body, 4, 20, 60))  # warm-up
-                for concurrency in args.concurrency:
-                    requests = args.requests if concurrency > 1 else max(50, args.requests // 4)
-                    before = raw_model.throughput()
-                    result = asyncio.run(
-                        load(base, path, body, concurrency, requests, args.time_limit)
-                    )
-                    result["raw_images_per_s"] = (before + raw_model.throughput()) / 2
-                    result["vs_raw"] = result["images_per_s"] / result["raw_images_per_s"]
-                    result["trial"] = trial
-                    trials.append(result)
-                    print(
-                        f"trial {trial} {path:10} c={concurrency:<3} {result['images_per_s']:6.1f} images/s  "
-                        f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms  "
-                        f"raw {result['raw_images_per_s']:5.1f}  x raw {result['vs_raw']:.2f}  "
-                        f"({result['requests']} ok, {result['failures']} failed)"
-                    )
-
-        asyncio.run(load(base, "/gradcam", body, 8, 200, 120))  # warm-up for the memory check
-        rss_before = rss_mb(server.pid)
-        memory = asyncio.run(load(base, "/gradcam", body, 8, args.rss_requests, 1800))
-        rss_after = rss_mb(server.pid)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
-
-    results = summarize(trials)
-    print(f"\nmedians over {args.repeat} trials")
-    print("| endpoint | clients | images/s | p50 ms | p99 ms | raw images/s | x raw |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in results:
-        print(
-            f"| {r['path']} | {r['concurrency']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['raw_images_per_s']:.1f} | {r['vs_raw']:.2f} |"
-        )
-    ratios = [
-        g["p50_ms"] / p["p50_ms"]
-        for p in trials
-        for g in trials
-        if p["trial"] == g["trial"]
-        and p["concurrency"] == g["concurrency"] == 1
-        and (p["path"], g["path"]) == ("/predict", "/gradcam")
-    ]
-    if ratios:
-        shown = ", ".join(f"{r:.2f}" for r in ratios)
-        print(
-            f"/gradcam p50 / /predict p50, one client, per trial: {shown} (median {statistics.median(ratios):.2f})"
-        )
-    print(
-        f"RSS over {memory['requests']} /gradcam requests after warm-up: {rss_before:.1f} MB -> "
-        f"{rss_after:.1f} MB ({rss_after - rss_before:+.1f} MB)"
-    )
-    report = {
-        "model": args.model,
-        "results": results,
-        "trials": trials,
-        "rss_mb": {"before": rss_before, "after": rss_after, "requests": memory["requests"]},
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=1))
-    plot(results, args.plot)
-    print(f"written: {args.json}, {args.plot}")
 
 
 def wait_ready(base: str, server: subprocess.Popen, timeout: float = 300) -> None:
@@ -289,6 +193,95 @@ def wait_ready(base: str, server: subprocess.Popen, timeout: float = 300) -> Non
         if time.monotonic() > deadline or server.poll() is not None:
             raise SystemExit("the server did not become ready")
         time.sleep(0.2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--endpoints", nargs="+", default=["/predict", "/gradcam"])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=5, help="raw/load slice pairs per phase")
+    parser.add_argument("--slice-seconds", type=float, default=8.0, help="load time per round")
+    parser.add_argument("--raw-seconds", type=float, default=4.0, help="raw-model time per round")
+    parser.add_argument("--rss-requests", type=int, default=2000)
+    parser.add_argument(
+        "--raw-batch", type=int, default=4, help="the raw model's batch (4: its fastest)"
+    )
+    parser.add_argument("--raw-threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--env", nargs="*", default=[], help="extra EXPLAIN_*=value for the server")
+    parser.add_argument("--json", type=Path, default=Path("bench/out/http_load.json"))
+    parser.add_argument("--plot", type=Path, default=Path("docs/throughput.png"))
+    args = parser.parse_args()
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "EXPLAIN_TORCH_THREADS": str(args.threads),
+        **dict(e.split("=", 1) for e in args.env),
+    }
+    command = [sys.executable, "-m", "service", "--port", str(port), "--models", args.model]
+    server = subprocess.Popen([*command, "--log-level", "warning"], env=env)
+    base = f"http://127.0.0.1:{port}"
+    phases: list[Phase] = []
+    try:
+        wait_ready(base, server)
+        body = image_bytes("chelsea")
+        raw = RawModel(args.model, args.raw_batch, args.raw_threads)
+        server_env = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("EXPLAIN_"))
+        print(
+            f"{args.model}: server {server_env or 'defaults'}; raw model batch {args.raw_batch}, "
+            f"{args.raw_threads} threads; {args.rounds} rounds per phase"
+        )
+        for path in args.endpoints:
+            asyncio.run(load(base, path, body, 4, 5.0))  # warm-up
+            for concurrency in args.concurrency:
+                phase = Phase(path, concurrency)
+                for _ in range(args.rounds):
+                    raw.run(args.raw_seconds, phase)
+                    asyncio.run(
+                        load(base, path, body, concurrency, args.slice_seconds, phase=phase)
+                    )
+                phases.append(phase)
+                r = phase.summary()
+                print(
+                    f"{path:10} c={concurrency:<3} {r['images_per_s']:6.1f} images/s  "
+                    f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  raw {r['raw_images_per_s']:5.1f}  "
+                    f"x raw {r['vs_raw']:.2f}  ({r['requests']} ok, {r['failures']} failed)"
+                )
+        asyncio.run(load(base, "/gradcam", body, 8, 60.0, requests=200))  # warm-up for memory
+        rss_before = rss_mb(server.pid)
+        memory = asyncio.run(load(base, "/gradcam", body, 8, 3600.0, requests=args.rss_requests))
+        rss_after = rss_mb(server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+    results = [phase.summary() for phase in phases]
+    print("\n| endpoint | clients | images/s | p50 ms | p99 ms | raw images/s | x raw |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in results:
+        print(
+            f"| `{r['path']}` | {r['concurrency']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['raw_images_per_s']:.1f} | {r['vs_raw']:.2f} |"
+        )
+    single = {r["path"]: r["p50_ms"] for r in results if r["concurrency"] == 1}
+    if {"/predict", "/gradcam"} <= set(single):
+        print(
+            f"\n/gradcam p50 / /predict p50, one client: {single['/gradcam'] / single['/predict']:.2f}"
+        )
+    print(
+        f"RSS over {len(memory.latencies)} /gradcam requests after warm-up: {rss_before:.1f} MB -> "
+        f"{rss_after:.1f} MB ({rss_after - rss_before:+.1f} MB)"
+    )
+    report = {
+        "model": args.model,
+        "results": results,
+        "rss_mb": {"before": rss_before, "after": rss_after, "requests": len(memory.latencies)},
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    plot(results, args.plot)
+    print(f"written: {args.json}, {args.plot}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         default=2.0, ge=0.0, description="How long a batch waits for more requests to join it."
     )
     retry_after_seconds: int = Field(default=1, ge=1, description="Retry-After on 503 answers.")
+    batch_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Batches of one model run at once, each on its own thread. With torch_threads "
+        "= cores / batch_threads, a small model can gain from running batches side by side.",
+    )
     torch_threads: int = Field(
         default=0,
         ge=0,
@@ -61,12 +67,6 @@ class Settings(BaseSettings):
         ge=0,
         description="Score-CAM scores this many strongest channels per image (one forward pass each); "
         "0: all of them, as in the paper.",
-    )
-    gil_switch_interval_ms: float = Field(
-        default=0.5,
-        gt=0.0,
-        description="sys.setswitchinterval: how soon a thread waiting for the GIL gets it. Short "
-        "keeps the model's thread from stalling behind HTTP and image work (Python's default: 5).",
     )
     png_compress_level: int = Field(
         default=1, ge=0, le=9, description="zlib level of returned PNGs."

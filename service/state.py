@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,7 @@ class ServiceState:
         self._io: ThreadPoolExecutor | None = None
         self._loader: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._torch_threads_before = torch.get_num_threads()
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -61,9 +61,7 @@ class ServiceState:
         # Every image is checked against max_image_pixels from its header before decoding
         # (service.images); Pillow's process-wide check would warn or refuse at another limit.
         Image.MAX_IMAGE_PIXELS = None
-        # The model thread drops the GIL around every torch op and must win it back quickly, or a
-        # forward pass stalls behind the event loop and I/O threads (Python's default is 5 ms).
-        sys.setswitchinterval(self.settings.gil_switch_interval_ms / 1000)
+        self._torch_threads_before = torch.get_num_threads()
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="io")
@@ -83,6 +81,7 @@ class ServiceState:
             self._io.shutdown(wait=True, cancel_futures=True)
         self.status = "stopped"
         self.metrics.ready.set(0)
+        torch.set_num_threads(self._torch_threads_before)
 
     @property
     def ready(self) -> bool:
@@ -125,6 +124,7 @@ class ServiceState:
             max_batch=settings.max_batch_size,
             max_wait=settings.max_batch_wait_ms / 1000,
             queue_size=settings.queue_size,
+            threads=settings.batch_threads,
             on_batch=on_batch,
             on_depth=metrics.queue_depth.labels(name).set,
         )

@@ -7,6 +7,7 @@ upsampled); colouring and PNG encoding happen later, off the model's thread.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -72,14 +73,17 @@ class TaskRunner:
         self.loaded = loaded
         self._method_options = method_options or {}
         self._methods: dict[tuple[str, str], CAMMethod] = {}
+        self._lock = threading.Lock()
 
     def method(self, name: str, layer: str) -> CAMMethod:
-        """The method instance for ``(name, layer)``, made once (only the model's thread calls it)."""
+        """The method instance for ``(name, layer)``, made once (methods keep no per-call state,
+        so the model's worker threads share it)."""
         key = (name, layer)
-        if key not in self._methods:
-            options = self._method_options.get(name, {})
-            self._methods[key] = get_method(name)(self.loaded.hooks, layer, **options)
-        return self._methods[key]
+        with self._lock:
+            if key not in self._methods:
+                options = self._method_options.get(name, {})
+                self._methods[key] = get_method(name)(self.loaded.hooks, layer, **options)
+            return self._methods[key]
 
     def __call__(
         self, task: Hashable, inputs: torch.Tensor, targets: list[list[int] | None]

@@ -8,7 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from tests.service.conftest import image_bytes, png_array
+from service import Settings, create_app
+from tests.service.conftest import TEST_MODELS, image_bytes, png_array, running_client
 
 pytestmark = pytest.mark.anyio
 
@@ -52,7 +53,19 @@ def assert_same_answer(batched, alone) -> None:
         assert batched == alone
 
 
-async def test_simultaneous_mixed_requests_match_sequential_ones(client):
+@pytest.fixture(params=["one batch at a time", "two batches at once"])
+async def any_client(request, client):
+    """The shared app, and one whose model runs two single-threaded batches side by side."""
+    if request.param == "one batch at a time":
+        yield client
+        return
+    app = create_app(Settings(models=TEST_MODELS, batch_threads=2, torch_threads=1))
+    async with running_client(app) as two:
+        yield two
+
+
+async def test_simultaneous_mixed_requests_match_sequential_ones(any_client):
+    client = any_client
     mixed = requests()
 
     async def send(path: str, params: dict, data: bytes) -> list:

@@ -176,3 +176,16 @@ def test_stop_fails_waiting_jobs_and_refuses_new_ones():
     assert running.result(5).outputs == [0.0]
     with pytest.raises(WorkerStoppedError):
         worker.submit(Task("a"), job(2), [None])
+
+
+def test_two_threads_run_two_batches_at_once():
+    both_running = threading.Barrier(2, timeout=5)
+
+    def runner(task, inputs, targets):
+        both_running.wait()  # passes only if the two batches are in flight together
+        return inputs[:, 0].tolist()
+
+    worker = worker_with(runner, max_batch=1, threads=2)
+    futures = [worker.submit(Task("a"), job(i), [None]) for i in (1, 2)]
+    assert sorted(f.result(10).outputs[0] for f in futures) == [1.0, 2.0]
+    worker.stop()
