@@ -214,11 +214,7 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    env = {
-        **os.environ,
-        "EXPLAIN_TORCH_THREADS": str(args.threads),
-        **dict(e.split("=", 1) for e in args.env),
-    }
+    env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}
     command = [sys.executable, "-m", "service", "--port", str(port), "--models", args.model]
     server = subprocess.Popen([*command, "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
