@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -39,25 +40,25 @@ class Settings(BaseSettings):
         default=128, ge=1, description="Images waiting per model before requests get 503."
     )
     max_batch_size: int = Field(
-        default=4,
+        default=2,
         ge=1,
-        description="Most images in one model batch (4 gives EfficientNet-Lite0 its best throughput "
-        "on CPU; larger batches are slower per image there).",
+        description="Most images in one model batch. On CPU a batch is hardly cheaper per image "
+        "than one image; small batches on several batch threads keep every core busy.",
     )
     max_batch_wait_ms: float = Field(
         default=2.0, ge=0.0, description="How long a batch waits for more requests to join it."
     )
     retry_after_seconds: int = Field(default=1, ge=1, description="Retry-After on 503 answers.")
     batch_threads: int = Field(
-        default=1,
-        ge=1,
-        description="Batches of one model run at once, each on its own thread. With torch_threads "
-        "= cores / batch_threads, a small model can gain from running batches side by side.",
+        default=0,
+        ge=0,
+        description="Batches of one model run at once, each on its own thread; 0: 2 when there "
+        "are 2 or more cores, else 1.",
     )
     torch_threads: int = Field(
         default=0,
         ge=0,
-        description="Threads for one model batch (torch.set_num_threads); 0: torch's default.",
+        description="Threads for one model batch (torch.set_num_threads); 0: cores / batch_threads.",
     )
     io_threads: int = Field(
         default=2, ge=1, description="Threads that decode images and encode PNGs, beside the model."
@@ -73,6 +74,18 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="info", description="uvicorn/app log level.")
 
+    def thread_plan(self) -> tuple[int, int]:
+        """``(batch_threads, torch_threads)`` with the automatic values (0) worked out.
+
+        Two batches side by side, each on half the cores, beat one batch on all of them for the
+        models served here: intra-op parallelism of one small batch leaves cores idle
+        (docs/benchmarks.md).
+        """
+        cores = available_cores()
+        batch_threads = self.batch_threads or (2 if cores >= 2 else 1)
+        torch_threads = self.torch_threads or max(1, cores // batch_threads)
+        return batch_threads, torch_threads
+
     @field_validator("models", mode="before")
     @classmethod
     def _split_specs(cls, value: object) -> object:
@@ -84,3 +97,25 @@ class Settings(BaseSettings):
                 raise ValueError("at least one model spec is needed")
             return specs
         return value
+
+
+def available_cores() -> int:
+    """Cores this process may use: its CPU affinity, narrowed by a cgroup v2 CPU quota (what
+    ``docker run --cpus`` and compose's ``cpus`` set)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, int(quota))) if quota else cores
+
+
+def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
+    try:
+        with open(path, encoding="ascii") as file:
+            limit, period = file.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    return int(limit) / int(period)

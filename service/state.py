@@ -54,6 +54,7 @@ class ServiceState:
         self._loader: threading.Thread | None = None
         self._stopping = threading.Event()
         self._torch_threads_before = torch.get_num_threads()
+        self.batch_threads = 1
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -62,8 +63,8 @@ class ServiceState:
         # (service.images); Pillow's process-wide check would warn or refuse at another limit.
         Image.MAX_IMAGE_PIXELS = None
         self._torch_threads_before = torch.get_num_threads()
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        self.batch_threads, torch_threads = self.settings.thread_plan()
+        torch.set_num_threads(torch_threads)
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="io")
         self.status = "loading"
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
@@ -124,7 +125,7 @@ class ServiceState:
             max_batch=settings.max_batch_size,
             max_wait=settings.max_batch_wait_ms / 1000,
             queue_size=settings.queue_size,
-            threads=settings.batch_threads,
+            threads=self.batch_threads,
             on_batch=on_batch,
             on_depth=metrics.queue_depth.labels(name).set,
         )

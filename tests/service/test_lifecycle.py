@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -73,9 +74,22 @@ async def test_a_model_that_fails_to_load_keeps_the_service_unready(tmp_path):
         assert "does not exist" in error["message"]
 
 
+async def eventually(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 async def test_a_full_queue_answers_503_with_retry_after_and_recovers():
     app = create_app(
-        Settings(models=["alexnet:none"], queue_size=2, max_batch_size=1, retry_after_seconds=3)
+        Settings(
+            models=["alexnet:none"],
+            queue_size=2,
+            max_batch_size=1,
+            batch_threads=1,  # one batch runs (and blocks) while the queue fills
+            retry_after_seconds=3,
+        )
     )
     async with running_client(app) as client:
         worker = app.state.service.models["alexnet"].worker
@@ -90,11 +104,9 @@ async def test_a_full_queue_answers_503_with_retry_after_and_recovers():
         worker._run = blocked_run
         post = lambda: client.post("/predict", content=image_bytes(), headers=JPEG)  # noqa: E731
         first = asyncio.ensure_future(post())
-        while not started.is_set():
-            await asyncio.sleep(0.01)
+        await eventually(started.is_set)
         queued = [asyncio.ensure_future(post()) for _ in range(2)]
-        while worker.waiting_images < 2:
-            await asyncio.sleep(0.01)
+        await eventually(lambda: worker.waiting_images == 2)
         refused = await asyncio.gather(*(post() for _ in range(3)))
         for response in refused:
             assert_error(response, 503, "overloaded")
@@ -105,3 +117,23 @@ async def test_a_full_queue_answers_503_with_retry_after_and_recovers():
         metrics = (await client.get("/metrics")).text
         assert 'explain_queue_rejections_total{model="alexnet"} 3.0' in metrics
         assert 'explain_errors_total{code="overloaded"} 3.0' in metrics
+
+
+async def test_an_unexpected_error_is_logged_and_answered_without_a_traceback(caplog):
+    app = create_app(Settings(models=["alexnet:none"]))
+    async with running_client(app) as client:
+        worker = app.state.service.models["alexnet"].worker
+
+        def broken(task, inputs, targets):
+            raise ZeroDivisionError("a bug in a runner")
+
+        worker._run = broken
+        with caplog.at_level("ERROR"):
+            response = await client.post("/predict", content=image_bytes(), headers=JPEG)
+        error = assert_error(response, 500, "internal_error")
+        assert "ZeroDivisionError" not in error["message"]
+        assert any(
+            record.exc_info and record.exc_info[0] is ZeroDivisionError for record in caplog.records
+        )
+        metrics = (await client.get("/metrics")).text
+        assert 'explain_errors_total{code="internal_error"} 1.0' in metrics

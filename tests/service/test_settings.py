@@ -34,3 +34,33 @@ def test_bad_values_are_refused(monkeypatch):
 def test_readme_documents_every_setting(field):
     variable = f"`EXPLAIN_{field.upper()}`"
     assert variable in README, f"README.md's configuration table lacks {variable}"
+
+
+@pytest.mark.parametrize(
+    ("cores", "batch", "torch_", "plan"),
+    [
+        (2, 0, 0, (2, 1)),
+        (1, 0, 0, (1, 1)),
+        (16, 0, 0, (2, 8)),
+        (16, 4, 0, (4, 4)),
+        (16, 0, 3, (2, 3)),
+        (2, 1, 0, (1, 2)),
+    ],
+)
+def test_thread_plan_fills_in_automatic_values(monkeypatch, cores, batch, torch_, plan):
+    monkeypatch.setattr("service.settings.available_cores", lambda: cores)
+    settings = Settings(batch_threads=batch, torch_threads=torch_)
+    assert settings.thread_plan() == plan
+
+
+@pytest.mark.parametrize(
+    ("content", "quota"),
+    [("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000\n", 1.5), ("", None)],
+)
+def test_cgroup_cpu_quota(tmp_path, content, quota):
+    from service.settings import _cgroup_cpu_quota
+
+    path = tmp_path / "cpu.max"
+    path.write_text(content)
+    assert _cgroup_cpu_quota(str(path)) == quota
+    assert _cgroup_cpu_quota(str(tmp_path / "missing")) is None
