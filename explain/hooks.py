@@ -201,9 +201,8 @@ class ModelHooks:
             A handle whose ``remove()`` detaches the hook; :meth:`close` detaches it too.
         """
         self.layer(layer)
-        hooks = self._backward_hooks.setdefault(
-            layer, OrderedDict()
-        )  # weakref-able, as torch needs
+        # An OrderedDict, not a dict: RemovableHandle keeps a weak reference to it.
+        hooks = self._backward_hooks.setdefault(layer, OrderedDict())
         handle = RemovableHandle(hooks)
         hooks[handle.id] = hook
         return handle
