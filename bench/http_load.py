@@ -3,7 +3,7 @@
 Starts ``python -m service`` on a free loopback port and drives it with a bounded async httpx load
 generator (loopback only; each phase has a time limit). Measured in the same run:
 
-- ``/predict`` and ``/gradcam`` at concurrency 1, 8 and 32: images/s, p50 and p99 latency;
+- ``/predict`` and ``/gradcam`` at concurrency 1, 8, 16 and 32: images/s, p50 and p99 latency;
 - the model's raw batched forward throughput (``inference_mode``, batch 4 on every core: its
   fastest single-stream setting here) in this process while the server is idle, and the ratio of
   each phase's throughput to it;
@@ -15,7 +15,8 @@ phase alternates short raw-model slices with short load slices, several rounds, 
 totals: both sides see the same drift.
 
     python -m bench.http_load                           # efficientnet_lite0, the service's defaults
-    python -m bench.http_load --env EXPLAIN_BATCH_THREADS=2 EXPLAIN_TORCH_THREADS=1 EXPLAIN_MAX_BATCH_SIZE=2
+    python -m bench.http_load --env EXPLAIN_BATCH_THREADS=1 EXPLAIN_TORCH_THREADS=2 EXPLAIN_MAX_BATCH_SIZE=4 \
+        --json bench/out/one_batch_thread.json --plot bench/out/one_batch_thread.png
     python -m bench.http_load --rounds 2 --rss-requests 200   # a quick look
 
 The load generator shares the 2 cores with the server; its own CPU use (HTTP, JSON) is taken from
@@ -147,7 +148,7 @@ class RawModel:
         phase.raw_seconds += time.perf_counter() - started
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, title: str = "Throughput against concurrency") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,10 +172,12 @@ def plot(results: list[dict], path: Path) -> None:
         label="raw batched forward (same phases)",
     )
     axis.set_xscale("log", base=2)
+    ticks = sorted({r["concurrency"] for r in results})
+    axis.set_xticks(ticks, [str(t) for t in ticks])
     axis.set_xlabel("concurrent clients")
     axis.set_ylabel("images / s")
     axis.set_ylim(bottom=0)
-    axis.set_title("EfficientNet-Lite0 over HTTP, 2 CPU cores")
+    axis.set_title(title)
     axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -199,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--endpoints", nargs="+", default=["/predict", "/gradcam"])
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32])
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 16, 32])
     parser.add_argument("--rounds", type=int, default=5, help="raw/load slice pairs per phase")
     parser.add_argument("--slice-seconds", type=float, default=8.0, help="load time per round")
     parser.add_argument("--raw-seconds", type=float, default=4.0, help="raw-model time per round")
@@ -219,11 +222,11 @@ def main() -> None:
     server = subprocess.Popen([*command, "--log-level", "warning"], env=env)
     base = f"http://127.0.0.1:{port}"
     phases: list[Phase] = []
+    server_env = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("EXPLAIN_"))
     try:
         wait_ready(base, server)
         body = image_bytes("chelsea")
         raw = RawModel(args.model, args.raw_batch, args.raw_threads)
-        server_env = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("EXPLAIN_"))
         print(
             f"{args.model}: server {server_env or 'defaults'}; raw model batch {args.raw_batch}, "
             f"{args.raw_threads} threads; {args.rounds} rounds per phase"
@@ -276,7 +279,8 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    plot(results, args.plot)
+    settings = server_env.replace("EXPLAIN_", "").lower() if server_env else "default settings"
+    plot(results, args.plot, f"{args.model} over HTTP, {os.cpu_count()} cores, {settings}")
     print(f"written: {args.json}, {args.plot}")
 
 

@@ -6,6 +6,7 @@ each median to the plain forward's.
 
     python -m bench.methods                          # resnet50 + efficientnet_lite0, batch 1 and 8
     python -m bench.methods --models resnet50 --batches 1 --rounds 5 --no-scorecam
+    python -m bench.methods --only "ours: gradcam" --rounds 60 --json bench/out/gradcam_cost.json
 
 Contenders: a plain forward under ``torch.inference_mode()`` (with our inert hooks attached, and on
 an unhooked copy), our ``gradcam``, ``gradcam++``, ``layercam``, ``scorecam``, ``eigencam`` and
@@ -106,8 +107,10 @@ def measure(runs: dict[str, Callable[[], object]], rounds: int, slow: set[str]) 
     for name, run in runs.items():  # warm-up
         if name not in slow:
             run()
+    names = list(runs)
     for i in range(rounds):
-        for name, run in runs.items():
+        for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate: no fixed order
+            run = runs[name]
             if name in slow and i >= 1:
                 continue
             started = time.perf_counter()
@@ -128,6 +131,12 @@ def main() -> None:
         action="store_false",
         help="skip Score-CAM (one forward per channel)",
     )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=[],
+        help="contenders whose name contains one of these (forwards always run)",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/out/methods.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -144,6 +153,12 @@ def main() -> None:
             x = torch.randn(batch, 3, *loaded.preprocess.input_size)
             targets = [int(t) for t in torch.randint(0, loaded.num_classes, (batch,))]
             runs = contenders(loaded, x, targets, args.scorecam)
+            if args.only:
+                runs = {
+                    n: r
+                    for n, r in runs.items()
+                    if n.startswith("forward") or any(o in n for o in args.only)
+                }
             medians = measure(runs, args.rounds, slow={"ours: scorecam"})
             base = medians["forward (inert hooks)"]
             print(f"\n{name}, batch {batch} ({args.rounds} rounds, medians)")
