@@ -64,3 +64,14 @@ def test_cgroup_cpu_quota(tmp_path, content, quota):
     path.write_text(content)
     assert _cgroup_cpu_quota(str(path)) == quota
     assert _cgroup_cpu_quota(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("path", ["docker-compose.yml", "Dockerfile"])
+def test_container_files_name_only_real_settings(path):
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / path).read_text(encoding="utf-8")
+    named = set(re.findall(r"\bEXPLAIN_([A-Z_]+)\b", text)) - {"PUBLISH"}  # PUBLISH: compose's own
+    assert named, f"{path} configures nothing"
+    unknown = {name for name in named if name.lower() not in Settings.model_fields}
+    assert not unknown, f"{path} sets variables the service does not read: {sorted(unknown)}"
