@@ -65,6 +65,11 @@ class ServiceState:
         self._torch_threads_before = torch.get_num_threads()
         self.batch_threads, torch_threads = self.settings.thread_plan()
         torch.set_num_threads(torch_threads)
+        log.info(
+            "%d batch thread(s) per model, %d torch thread(s) each",
+            self.batch_threads,
+            torch_threads,
+        )
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="io")
         self.status = "loading"
         self._loader = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
