@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,12 +77,16 @@ class Preprocess:
         Computed with NumPy: the elementwise work stays on the calling thread instead of
         starting a parallel region that would compete with a model running on other threads.
         """
-        mean = np.asarray(self.mean, dtype=np.float32)
-        scale = 1 / (255 * np.asarray(self.std, dtype=np.float32))
-        values = np.asarray(pixels, dtype=np.float32) * scale - mean / np.asarray(
-            self.std, dtype=np.float32
-        )
+        scale, offset = self._affine
+        values = np.asarray(pixels, dtype=np.float32) * scale - offset
         return torch.from_numpy(np.ascontiguousarray(np.moveaxis(values, -1, -3)))
+
+    @functools.cached_property
+    def _affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(x / 255 - mean) / std`` as ``x * scale - offset``, per channel."""
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return 1 / (255 * std), mean / std
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """One image to a ``(3, crop, crop)`` input tensor."""
