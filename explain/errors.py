@@ -14,8 +14,13 @@ __all__ = [
     "AmbiguousLabelError",
     "AmbiguousLayerError",
     "ExplainError",
+    "ExtremeAspectRatioError",
+    "ImageTooLargeError",
+    "InvalidImageError",
+    "InvalidOptionError",
     "InvalidWeightsError",
     "LayerNotSpatialError",
+    "LayerRequiredError",
     "MethodNotApplicableError",
     "TargetOutOfRangeError",
     "UnknownLabelError",
@@ -121,3 +126,33 @@ class InvalidWeightsError(ExplainError, ValueError):
     """A weights spec that cannot be loaded into the chosen architecture."""
 
     code = "invalid_weights"
+
+
+class InvalidOptionError(ExplainError, ValueError):
+    """An option out of range or of the wrong type (``top_k`` beyond the classes, ...)."""
+
+    code = "invalid_option"
+
+
+class LayerRequiredError(ExplainError, ValueError):
+    """The model has no default layer for what was asked; the caller must name one."""
+
+    code = "layer_required"
+
+
+class InvalidImageError(ExplainError, ValueError):
+    """Bytes that are not a decodable image: empty, truncated, corrupt, or another format."""
+
+    code = "invalid_image"
+
+
+class ImageTooLargeError(ExplainError, ValueError):
+    """An image over the pixel limit, judged from its header before decoding."""
+
+    code = "image_too_large"
+
+
+class ExtremeAspectRatioError(ExplainError, ValueError):
+    """An image whose sides differ beyond the aspect-ratio limit."""
+
+    code = "extreme_aspect_ratio"

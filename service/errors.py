@@ -30,6 +30,11 @@ _STATUS_BY_CODE: dict[str, int] = {
     "target_out_of_range": 422,
     "unknown_colormap": 422,
     "invalid_weights": 422,
+    "invalid_option": 422,
+    "layer_required": 422,
+    "invalid_image": 400,
+    "extreme_aspect_ratio": 400,
+    "image_too_large": 413,
 }
 
 _CODE_BY_HTTP_STATUS = {404: "not_found", 405: "method_not_allowed"}

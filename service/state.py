@@ -15,11 +15,11 @@ from PIL import Image
 
 from explain.errors import UnknownModelError
 from explain.models import LoadedModel, load_model, parse_spec
+from explain.tasks import TaskRunner
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.runtime import ModelWorker
 from service.settings import Settings
-from service.tasks import CAMTask, FeatureMapTask, PredictTask, TaskRunner
 
 __all__ = ["ServedModel", "ServiceState"]
 
@@ -116,7 +116,7 @@ class ServiceState:
     def _serve(self, loaded: LoadedModel) -> ServedModel:
         scorecam_channels = self.settings.scorecam_max_channels or None
         runner = TaskRunner(loaded, {"scorecam": {"max_channels": scorecam_channels}})
-        _warm_up(runner)
+        runner.warm_up()
         settings, metrics, name = self.settings, self.metrics, loaded.name
 
         def on_batch(task: Any, images: int, requests: int, seconds: float) -> None:
@@ -168,14 +168,3 @@ class ServiceState:
         """Run blocking image work (decoding, PNG encoding) on the I/O pool, off the event loop."""
         assert self._io is not None  # started by the lifespan; not input validation
         return await asyncio.get_running_loop().run_in_executor(self._io, function, *args)
-
-
-def _warm_up(runner: TaskRunner) -> None:
-    """Run every kind of task once, so the first request does not pay for first-call set-up."""
-    loaded = runner.loaded
-    example = torch.zeros(2, 3, *loaded.preprocess.input_size)
-    runner(PredictTask(), example, [None, None])
-    if loaded.feature_layers:
-        runner(FeatureMapTask(tuple(loaded.feature_layers)), example, [None, None])
-    if loaded.target_layer:
-        runner(CAMTask("gradcam", loaded.target_layer), example, [None, None])

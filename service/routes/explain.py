@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service.errors import ErrorBody
-from service.pipeline import plan_featuremaps, plan_gradcam, plan_predict, serve
+from service.pipeline import serve
 from service.routes.deps import StateDep
 from service.schemas import (
     FeatureMapOptions,
@@ -87,7 +87,7 @@ async def predict(
     request: Request, state: StateDep, options: Annotated[PredictOptions, Query()]
 ) -> JSONResponse:
     """Top classes with softmax scores for each image, in request order."""
-    return await serve(request, state, options, plan_predict)
+    return await serve(request, state, options, "predict")
 
 
 @router.post(
@@ -101,7 +101,7 @@ async def featuremaps(
     request: Request, state: StateDep, options: Annotated[FeatureMapOptions, Query()]
 ) -> JSONResponse:
     """Each layer's output, captured by forward hooks in one pass, as a grid of channels (PNG)."""
-    return await serve(request, state, options, plan_featuremaps)
+    return await serve(request, state, options, "featuremaps")
 
 
 @router.post(
@@ -116,4 +116,4 @@ async def gradcam(
 ) -> JSONResponse:
     """Grad-CAM (or another CAM method) for each image and target class: the heatmap alone and
     over the image as the model saw it, both at the model's input size."""
-    return await serve(request, state, options, plan_gradcam)
+    return await serve(request, state, options, "gradcam")

@@ -1,6 +1,7 @@
 """What a model batch computes: predictions, feature maps, or class activation maps.
 
-A task is a frozen dataclass, so jobs with equal tasks can share one batch. Running a task returns
+This is the one implementation of the model step, shared by the service's model workers and every
+batch engine. A task is a frozen dataclass, so jobs with equal tasks can share one batch. Running a task returns
 one :class:`ImageOutput` per image, with everything computed in torch done (maps normalised and
 upsampled); colouring and PNG encoding happen later, off the model's thread.
 """
@@ -74,6 +75,17 @@ class TaskRunner:
         self._method_options = method_options or {}
         self._methods: dict[tuple[str, str], CAMMethod] = {}
         self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Run every kind of task once on a blank batch of two, so the first real call does not pay
+        for first-call set-up."""
+        loaded = self.loaded
+        example = torch.zeros(2, 3, *loaded.preprocess.input_size)
+        self(PredictTask(), example, [None, None])
+        if loaded.feature_layers:
+            self(FeatureMapTask(tuple(loaded.feature_layers)), example, [None, None])
+        if loaded.target_layer:
+            self(CAMTask("gradcam", loaded.target_layer), example, [None, None])
 
     def method(self, name: str, layer: str) -> CAMMethod:
         """The method instance for ``(name, layer)``, made once (methods keep no per-call state,

@@ -1,4 +1,5 @@
-"""Bytes to an RGB image: limits checked from the header, EXIF orientation, every mode to RGB."""
+"""Bytes to model input: limits checked from the header, EXIF orientation, every mode to RGB, then
+the model's own resize, crop and normalisation. The service and every batch engine read images here."""
 
 from __future__ import annotations
 
@@ -8,19 +9,28 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import ApiError
+from explain.errors import (
+    ExtremeAspectRatioError,
+    ImageTooLargeError,
+    InvalidImageError,
+)
+from explain.models.preprocess import Preprocess
 
-__all__ = ["DecodedImage", "ImageLimits", "decode_image"]
+__all__ = ["DecodedImage", "ImageLimits", "PreparedImage", "decode_image", "prepare_image"]
 
 log = logging.getLogger("service.images")
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_pixels: int
-    max_aspect_ratio: float
+    """What an image may be: at most ``max_pixels`` (width x height), sides at most
+    ``max_aspect_ratio`` apart."""
+
+    max_pixels: int = 64_000_000
+    max_aspect_ratio: float = 20.0
 
 
 @dataclass
@@ -41,38 +51,32 @@ def decode_image(
     faster, and the model's resize still antialiases from twice its target size.
 
     Raises:
-        ApiError: 400 ``invalid_image`` (not an image, truncated, corrupt), 413 ``image_too_large``
-            (over the pixel limit, judged from the header before decoding), 400
-            ``extreme_aspect_ratio``.
+        InvalidImageError: not an image, truncated, corrupt.
+        ImageTooLargeError: over the pixel limit, judged from the header before decoding.
+        ExtremeAspectRatioError: sides too far apart.
     """
     where = f"image {index}"
     if not data:
-        raise ApiError(400, "invalid_image", f"{where} is empty (0 bytes)")
+        raise InvalidImageError(f"{where} is empty (0 bytes)")
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
-        raise ApiError(413, "image_too_large", f"{where}: {error}") from None
+        raise ImageTooLargeError(f"{where}: {error}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise ApiError(
-            400,
-            "invalid_image",
-            f"{where} is not a decodable image (JPEG, PNG, WebP, GIF, ...): {error}",
+        raise InvalidImageError(
+            f"{where} is not a decodable image (JPEG, PNG, WebP, GIF, ...): {error}"
         ) from None
 
     width, height = image.size
     if width < 1 or height < 1:
-        raise ApiError(400, "invalid_image", f"{where} has no pixels ({width}x{height})")
+        raise InvalidImageError(f"{where} has no pixels ({width}x{height})")
     if width * height > limits.max_pixels:
-        raise ApiError(
-            413,
-            "image_too_large",
-            f"{where} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
+        raise ImageTooLargeError(
+            f"{where} is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
     ratio = max(width, height) / min(width, height)
     if ratio > limits.max_aspect_ratio:
-        raise ApiError(
-            400,
-            "extreme_aspect_ratio",
+        raise ExtremeAspectRatioError(
             f"{where} is {width}x{height}, an aspect ratio of {ratio:.1f}:1; the limit is "
             f"{limits.max_aspect_ratio:g}:1. Crop it closer to the subject.",
         )
@@ -89,9 +93,9 @@ def decode_image(
         image.load()
         decoded.image = _to_rgb(_upright(image))
     except Image.DecompressionBombError as error:
-        raise ApiError(413, "image_too_large", f"{where}: {error}") from None
+        raise ImageTooLargeError(f"{where}: {error}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ApiError(400, "invalid_image", f"{where} is truncated or corrupt: {error}") from None
+        raise InvalidImageError(f"{where} is truncated or corrupt: {error}") from None
     return decoded
 
 
@@ -127,3 +131,31 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     if mode == "I" and wide.max(initial=0) <= 255:  # 8-bit data stored wide
         return np.clip(wide, 0, 255).astype(np.uint8)
     return np.clip(wide >> 8, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class PreparedImage:
+    """A decoded image ready for a model.
+
+    Attributes:
+        tensor: The model's ``(3, H, W)`` input.
+        pixels: ``(H, W, 3)`` uint8: the image as the model saw it (resized and cropped).
+        warnings: What the caller should know about how it was read.
+    """
+
+    tensor: torch.Tensor
+    pixels: torch.Tensor
+    warnings: list[str]
+
+
+def prepare_image(
+    data: bytes, preprocess: Preprocess, limits: ImageLimits | None = None, index: int = 0
+) -> PreparedImage:
+    """Decode ``data`` within ``limits`` and apply the model's ``preprocess``.
+
+    Raises:
+        InvalidImageError, ImageTooLargeError, ExtremeAspectRatioError: see :func:`decode_image`.
+    """
+    decoded = decode_image(data, limits or ImageLimits(), index, min_side=preprocess.resize_size)
+    pixels = preprocess.crop(decoded.image)
+    return PreparedImage(preprocess.normalize(pixels), pixels, decoded.warnings)

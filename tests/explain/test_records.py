@@ -1,0 +1,103 @@
+"""Plans: options checked before any image is read, records with pictures drawn only on demand."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from explain.errors import (
+    InvalidOptionError,
+    LayerNotSpatialError,
+    LayerRequiredError,
+    UnknownLabelError,
+    UnknownMethodError,
+    UnknownNameError,
+)
+from explain.images import prepare_image
+from explain.models import load_model
+from explain.records import PICTURE_FIELDS, Picture, make_plan, map_pictures, render_record
+from explain.render import UnknownColormapError
+from explain.tasks import TaskRunner
+from tests.conftest import photo
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    torch.manual_seed(0)
+    model = load_model("resnet18:none")
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="module")
+def chelsea(loaded):
+    buffer = io.BytesIO()
+    photo("chelsea").save(buffer, format="JPEG")
+    return prepare_image(buffer.getvalue(), loaded.preprocess)
+
+
+def run(loaded, plan, image):
+    (output,) = TaskRunner(loaded)(plan.task, image.tensor[None], [plan.targets])
+    return render_record(plan, image, output)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "options", "error", "match"),
+    [
+        ("predict", {"top_k": 0}, InvalidOptionError, "top_k is 0"),
+        ("predict", {"top_k": 1001}, InvalidOptionError, "1000 classes"),
+        ("predict", {"top_k": True}, InvalidOptionError, "top_k"),
+        ("featuremaps", {"layers": ["fc"]}, LayerNotSpatialError, "'fc'"),
+        ("featuremaps", {"max_channels": 0}, InvalidOptionError, "max_channels"),
+        ("gradcam", {"method": "nope"}, UnknownMethodError, "nope"),
+        ("gradcam", {"target": ["no such class"]}, UnknownLabelError, "no such class"),
+        ("gradcam", {"colormap": "nope"}, UnknownColormapError, "nope"),
+        ("gradcam", {"alpha": 1.5}, InvalidOptionError, "alpha"),
+        ("explode", {}, UnknownNameError, "explode"),
+    ],
+)
+def test_options_are_checked_when_the_plan_is_made(loaded, endpoint, options, error, match):
+    with pytest.raises(error, match=match):
+        make_plan(endpoint, loaded, **options)
+
+
+def test_a_model_without_default_layers_needs_one():
+    model = load_model("vit_b_16:none")
+    try:
+        with pytest.raises(LayerRequiredError, match="vit_b_16"):
+            make_plan("gradcam", model)
+    finally:
+        model.close()
+
+
+def test_gradcam_record_draws_its_pictures_when_encoded(loaded, chelsea):
+    plan = make_plan("gradcam", loaded, target=[281, "tabby"], return_cam=True, top_k=3)
+    record = run(loaded, plan, chelsea)
+    assert [e["index"] for e in record["explanations"]] == [281, 281]
+    assert len(record["top_k"]) == 3 and record["warnings"] == []
+    explanation = record["explanations"][0]
+    assert explanation["cam"]["shape"] == [7, 7]
+    overlay = Image.open(io.BytesIO(explanation["overlay_png"].encode()))
+    heatmap = Image.open(io.BytesIO(explanation["heatmap_png"].encode()))
+    assert overlay.size == heatmap.size == (224, 224)
+    assert (overlay.mode, heatmap.mode) == ("RGB", "P")
+
+
+def test_featuremap_layers_are_folded_and_pictures_become_files(loaded, chelsea):
+    plan = make_plan("featuremaps", loaded, layers=["layer1", "layer1", "layer4"], max_channels=4)
+    record = run(loaded, plan, chelsea)
+    assert [m["layer"] for m in record["featuremaps"]] == ["layer1", "layer4"]
+
+    def to_file(picture: Picture, field: str, entry: dict) -> str:
+        assert field == "png"
+        return f"{entry['layer']}.png"
+
+    as_files = map_pictures(record, to_file, rename=PICTURE_FIELDS)
+    assert [m["png_file"] for m in as_files["featuremaps"]] == ["layer1.png", "layer4.png"]
+    assert "png" not in as_files["featuremaps"][0]
+    grid = np.asarray(Image.open(io.BytesIO(record["featuremaps"][1]["png"].encode())))
+    assert grid.shape == (2 + 2 * (7 + 2), 2 + 2 * (7 + 2))  # four 7x7 tiles, 2 per row
