@@ -97,6 +97,17 @@ class TaskRunner:
                 self._methods[key] = get_method(name)(self.loaded.hooks, layer, **options)
             return self._methods[key]
 
+    def cost(self, task: Hashable) -> float:
+        """What ``task`` costs per image, in forward passes of the model (what a queue that admits
+        work by cost counts): 1 for predictions and feature maps, the method's own figure for CAMs.
+        """
+        if isinstance(task, CAMTask):
+            channels = self.loaded.layers.check(task.layer, spatial=True).output_shape[0]
+            return self.method(task.method, task.layer).cost(channels)
+        if isinstance(task, PredictTask | FeatureMapTask):
+            return 1.0
+        raise TypeError(f"unknown task {task!r}")
+
     def __call__(
         self, task: Hashable, inputs: torch.Tensor, targets: list[list[int] | None]
     ) -> list[ImageOutput]:

@@ -103,6 +103,11 @@ class ScoreCAM(CAMMethod):
         self.batch_size = batch_size
         self.max_channels = max_channels
 
+    def cost(self, channels: int) -> float:
+        """One forward pass, then one per scored channel."""
+        scored = channels if self.max_channels is None else min(channels, self.max_channels)
+        return 1.0 + scored
+
     def compute(
         self,
         inputs: torch.Tensor,
@@ -150,6 +155,7 @@ class EigenCAM(CAMMethod):
 
     name = "eigencam"
     applies_relu = False
+    class_specific = False
 
     def compute(
         self,

@@ -98,11 +98,20 @@ class CAMMethod(ABC):
     name: ClassVar[str]
     uses_gradients: ClassVar[bool] = False
     applies_relu: ClassVar[bool] = True
+    class_specific: ClassVar[bool] = True
+    """Whether the map depends on the target class (Eigen-CAM's does not)."""
 
     def __init__(self, hooks: ModelHooks, layer: str) -> None:
         hooks.layer(layer)
         self.hooks = hooks
         self.layer = layer
+
+    def cost(self, channels: int) -> float:
+        """What explaining one image costs, in forward passes of the model, for a layer with
+        ``channels`` channels: one forward pass, plus whatever the method runs on top of it.
+        Gradient methods differentiate only the model's tail after the layer, which is small next
+        to the forward pass; methods that run the model again per channel override this."""
+        return 1.0
 
     def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> CAMResult:
         """Explain ``targets`` for the batch ``inputs`` (``(N, 3, H, W)``) in one forward pass."""

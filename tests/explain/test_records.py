@@ -101,3 +101,12 @@ def test_featuremap_layers_are_folded_and_pictures_become_files(loaded, chelsea)
     assert "png" not in as_files["featuremaps"][0]
     grid = np.asarray(Image.open(io.BytesIO(record["featuremaps"][1]["png"].encode())))
     assert grid.shape == (2 + 2 * (7 + 2), 2 + 2 * (7 + 2))  # four 7x7 tiles, 2 per row
+
+
+def test_task_cost_counts_forward_passes(loaded):
+    runner = TaskRunner(loaded, {"scorecam": {"max_channels": 128}})
+    assert runner.cost(make_plan("predict", loaded).task) == 1.0
+    assert runner.cost(make_plan("featuremaps", loaded).task) == 1.0
+    assert runner.cost(make_plan("gradcam", loaded).task) == 1.0
+    assert runner.cost(make_plan("gradcam", loaded, method="scorecam").task) == 1.0 + 128
+    assert TaskRunner(loaded).cost(make_plan("gradcam", loaded, method="scorecam").task) == 513.0
