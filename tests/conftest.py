@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import torch
 from PIL import Image
@@ -51,3 +53,10 @@ def photo(name: str) -> Image.Image:
     from skimage import data
 
     return Image.fromarray(getattr(data, name)())
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

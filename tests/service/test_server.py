@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,10 @@ import time
 import httpx
 import pytest
 
+from tests.conftest import free_port
 from tests.service.conftest import image_bytes, png_array
 
 CAT_CLASSES = set(range(281, 286))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
