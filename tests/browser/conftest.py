@@ -13,20 +13,15 @@ in the main thread, and the service tests' own loop (anyio) could not start.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import service_process
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -46,37 +41,14 @@ SCORECAM_CHANNELS = 64
 
 @pytest.fixture(scope="package")
 def base_url() -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
+    settings = {
         "EXPLAIN_MODELS": "efficientnet_lite0",
         "EXPLAIN_SCORECAM_MAX_CHANNELS": str(SCORECAM_CHANNELS),
         "EXPLAIN_MAX_BATCH_WAIT_MS": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
-    assert "Traceback" not in output, output
+    with service_process(**settings) as running:
+        yield running.base_url
+    assert "Traceback" not in running.output, running.output
 
 
 @pytest.fixture(scope="package")
