@@ -56,11 +56,12 @@ export async function postImage(path, image, options, signal) {
   return body;
 }
 
+const fullStop = (text) => (/[.!?]$/.test(text) ? text : `${text}.`);
+
 /** The service's own message, as a sentence: no leading "image 0", a capital and a full stop. */
 function detail(message) {
   const text = String(message || "").replace(/^image \d+:\s*/i, "").replace(/^image \d+ /i, "the image ");
-  const sentence = text.charAt(0).toUpperCase() + text.slice(1);
-  return /[.!?]$/.test(sentence) ? sentence : `${sentence}.`;
+  return fullStop(text.charAt(0).toUpperCase() + text.slice(1));
 }
 
 /** A failed answer, turned into a sentence that says what happened and what to do. */
@@ -80,6 +81,7 @@ function explainFailure(response, body, image) {
     internal_error: "The service failed on this request. Its log has the details; try another image or method.",
     request_timeout: "The upload took too long. Try again, or a smaller image.",
     deadline_exceeded: "This explanation took longer than the service allows. Try a faster method.",
+    method_not_applicable: `This method does not apply here: ${fullStop(String(error.message))}`,
   };
   const message = sentences[code] ||
     (error.message ? detail(error.message) : `The service answered ${response.status} ${response.statusText}.`);

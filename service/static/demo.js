@@ -269,20 +269,24 @@ function wire() {
     if (file) setImage(file, file.name);
     $("file").value = "";
   });
+  // A file dropped anywhere on the page is the new image (the browser would otherwise leave the
+  // page to show it); the drop zone lights up while a file is over it.
   const drop = $("drop");
   for (const type of ["dragenter", "dragover"]) {
-    drop.addEventListener(type, (event) => {
+    document.addEventListener(type, (event) => {
       event.preventDefault();
-      drop.classList.add("dragging");
+      drop.classList.toggle("dragging", drop.contains(event.target));
     });
   }
-  drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
-  drop.addEventListener("drop", (event) => {
+  document.addEventListener("dragleave", (event) => {
+    if (!event.relatedTarget || !drop.contains(event.relatedTarget)) drop.classList.remove("dragging");
+  });
+  document.addEventListener("drop", (event) => {
     event.preventDefault();
     drop.classList.remove("dragging");
     const file = firstFile(event.dataTransfer && event.dataTransfer.files);
     if (file) setImage(file, file.name);
-    else setBanner("Drop an image file here: what was dropped is not a file.");
+    else setBanner("Drop an image file: what was dropped is not a file.");
   });
   document.addEventListener("paste", (event) => {
     const file = firstFile(event.clipboardData && event.clipboardData.items);

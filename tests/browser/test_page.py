@@ -247,6 +247,38 @@ def test_method_and_opacity(page, page_log, screenshot, base_url):
     screenshot("05-opacity-75")
 
 
+def test_cam_layer_and_feature_layers(page, page_log):
+    open_page(page)
+    choose_example(page)
+    explained = len(page_log.calls("/gradcam"))
+    # Another CAM layer: the methods' costs are asked again (Score-CAM: 40 channels there).
+    page.locator("#layer").select_option("_blocks.4")
+    expect(page.locator("#cam-caption")).to_contain_text("at _blocks.4")
+    expect(page.locator("#method option[value=scorecam]")).to_have_text(
+        "scorecam (slow: 41 passes)"
+    )
+    assert page_log.calls("/models/efficientnet_lite0/methods") == [
+        page_log.base_url + "/models/efficientnet_lite0/methods?layer=_blocks.4"
+    ]
+    assert "layer=_blocks.4" in page_log.calls("/gradcam")[-1]
+
+    figures = page.locator("#maps figure")
+    expect(figures).to_have_count(6)
+    page.get_by_label("Add a layer").select_option("_blocks.15")
+    expect(figures).to_have_count(7)
+    expect(figures.last.locator("figcaption")).to_contain_text("_blocks.15 320×7×7")
+    assert "_blocks.15" in page_log.calls("/featuremaps")[-1]
+    page.get_by_label("Channels per layer").select_option("16")
+    head = figures.filter(has_text="_head_act")
+    expect(head.locator("figcaption")).to_contain_text("16 channels shown, 11× enlarged")
+    page.get_by_role("button", name="Remove layer _stem_act").click()
+    expect(figures).to_have_count(6)
+    expect(figures.filter(has_text="_stem_act")).to_have_count(0)
+    expect(page.locator("#add-layer")).to_be_focused()
+    assert len(page_log.calls("/featuremaps")) == 4
+    assert len(page_log.calls("/gradcam")) == explained + 1  # feature maps never re-explain
+
+
 def test_cancel_a_slow_method(page, page_log, screenshot):
     open_page(page)
     choose_example(page)
