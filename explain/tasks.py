@@ -8,6 +8,7 @@ upsampled); colouring and PNG encoding happen later, off the model's thread.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ from typing import Any, ClassVar
 
 import torch
 
+from explain.errors import ExplainError
 from explain.featuremaps import capture_feature_maps
-from explain.methods import CAMMethod, get_method, normalize_maps, upsample_maps
+from explain.methods import CAMMethod, get_method, method_names, normalize_maps, upsample_maps
 from explain.models import LoadedModel
 
 __all__ = ["CAMTask", "FeatureMapTask", "ImageOutput", "PredictTask", "TaskRunner"]
@@ -107,6 +109,42 @@ class TaskRunner:
         if isinstance(task, PredictTask | FeatureMapTask):
             return 1.0
         raise TypeError(f"unknown task {task!r}")
+
+    def describe_methods(self, layer: str | None = None) -> list[dict[str, Any]]:
+        """Every registered CAM method as it would run at ``layer``: its name, whether its map
+        depends on the class, its cost per image in forward passes (:meth:`cost`) and the first
+        paragraph of its docstring. A method that cannot be set up for this model says why in
+        ``unavailable``.
+
+        Args:
+            layer: Where the costs are worked out; default: the model's CAM layer. Without either,
+                every ``cost`` is ``None``.
+
+        Raises:
+            UnknownLayerError, AmbiguousLayerError, LayerNotSpatialError: a layer that cannot be
+                explained.
+        """
+        layer = layer or self.loaded.target_layer
+        if layer is not None:
+            self.loaded.layers.check(layer, spatial=True)
+        described = []
+        for name in method_names():
+            method = get_method(name)
+            summary = (inspect.getdoc(method) or name).split("\n\n")[0]
+            entry: dict[str, Any] = {
+                "name": name,
+                "class_specific": method.class_specific,
+                "cost": None,
+                "description": " ".join(summary.split()),
+                "unavailable": None,
+            }
+            if layer is not None:
+                try:
+                    entry["cost"] = self.cost(CAMTask(name, layer))
+                except ExplainError as error:
+                    entry["unavailable"] = str(error)
+            described.append(entry)
+        return described
 
     def __call__(
         self, task: Hashable, inputs: torch.Tensor, targets: list[list[int] | None]

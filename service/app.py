@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -77,10 +78,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(ops.router)
 
-    page = resources.files("service").joinpath("static/index.html").read_text(encoding="utf-8")
+    static = resources.files("service").joinpath("static")
+    page = static.joinpath("index.html").read_text(encoding="utf-8")
+    app.mount("/static", StaticFiles(packages=[("service", "static")]), name="static")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
+
+    @app.get("/favicon.ico", response_class=FileResponse, include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(str(static.joinpath("favicon.ico")), media_type="image/x-icon")
 
     return app

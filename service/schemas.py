@@ -18,7 +18,10 @@ __all__ = [
     "GradCAMOptions",
     "GradCAMResponse",
     "GradCAMResult",
+    "LabelList",
     "LayerOut",
+    "MethodInfo",
+    "MethodList",
     "ModelDetail",
     "ModelInfo",
     "PredictOptions",
@@ -178,7 +181,14 @@ class ModelInfo(BaseModel):
     weights: str
     pretrained: bool
     num_classes: int
-    input_size: list[int]
+    input_size: list[int] = Field(description="(H, W) of the model's input and of the CAM PNGs.")
+    resize_size: int = Field(
+        description="The image's shorter side is resized to this many pixels before the crop."
+    )
+    crop_size: int = Field(
+        description="Side of the square centre crop taken after the resize: the part of the "
+        "image the model sees."
+    )
     default_layer: str | None
     feature_layers: list[str]
 
@@ -192,5 +202,39 @@ class LayerOut(BaseModel):
     )
 
 
+class MethodInfo(BaseModel):
+    name: str = Field(description="The value of /gradcam's `method` option.")
+    class_specific: bool = Field(
+        description="Whether the map depends on the target class (Eigen-CAM's does not: every "
+        "class gets the same map)."
+    )
+    cost: float | None = Field(
+        description="Forward passes of the model per image at this layer (1 for gradient "
+        "methods; Score-CAM: one more per scored channel); null when `unavailable`, or when the "
+        "model has no default layer and none was named."
+    )
+    description: str = Field(description="What the method computes, and its paper.")
+    unavailable: str | None = Field(
+        default=None,
+        description="Why the method cannot be set up for this model, or null. `cam` is also "
+        "checked against the model's head when it runs (422 method_not_applicable).",
+    )
+
+
 class ModelDetail(ModelInfo):
     layers: list[LayerOut]
+    methods: list[MethodInfo] = Field(
+        description="Every CAM method, with its cost at the default layer (`GET "
+        "/models/{name}/methods?layer=` for another layer)."
+    )
+
+
+class MethodList(BaseModel):
+    model: str
+    layer: str | None = Field(description="The layer the costs are for.")
+    methods: list[MethodInfo]
+
+
+class LabelList(BaseModel):
+    model: str
+    labels: list[str] = Field(description="Class labels by index: `labels[i]` is class i.")

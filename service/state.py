@@ -31,6 +31,7 @@ T = TypeVar("T")
 class ServedModel:
     loaded: LoadedModel
     worker: ModelWorker
+    runner: TaskRunner
 
     @property
     def name(self) -> str:
@@ -135,7 +136,7 @@ class ServiceState:
             on_depth=metrics.queue_depth.labels(name).set,
         )
         worker.start()
-        return ServedModel(loaded, worker)
+        return ServedModel(loaded, worker, runner)
 
     # -- use --------------------------------------------------------------------------------------
 

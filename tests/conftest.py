@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import httpx
 import pytest
 import torch
 from PIL import Image
@@ -51,3 +62,49 @@ def photo(name: str) -> Image.Image:
     from skimage import data
 
     return Image.fromarray(getattr(data, name)())
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServiceProcess:
+    """``python -m service`` running on loopback; ``output`` is what it printed, once stopped."""
+
+    process: subprocess.Popen[str]
+    base_url: str
+    output: str = ""
+
+
+@contextmanager
+def service_process(timeout: float = 180.0, **env: str) -> Iterator[ServiceProcess]:
+    """Start ``python -m service`` on a free port with ``env`` added to the environment, wait until
+    ``/readyz`` answers 200, and stop it with SIGTERM on the way out."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        text=True,
+    )
+    running = ServiceProcess(process, f"http://127.0.0.1:{port}")
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if httpx.get(f"{running.base_url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.2)
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        running.output, _ = process.communicate(timeout=60)

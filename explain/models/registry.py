@@ -238,6 +238,8 @@ class LoadedModel:
             "pretrained": self.pretrained,
             "num_classes": self.num_classes,
             "input_size": list(self.preprocess.input_size),
+            "resize_size": self.preprocess.resize_size,
+            "crop_size": self.preprocess.crop_size,
             "default_layer": self.target_layer,
             "feature_layers": list(self.feature_layers),
         }

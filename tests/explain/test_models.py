@@ -85,6 +85,7 @@ def test_lite0_loads_offline_with_its_metadata(lite0):
     summary = lite0.describe(with_layers=True)
     assert summary["pretrained"] is True
     assert summary["num_classes"] == 1000 and summary["input_size"] == [224, 224]
+    assert summary["resize_size"] == 256 and summary["crop_size"] == 224
     assert summary["default_layer"] == "_head_act"
     layers = {layer["name"]: layer for layer in summary["layers"]}
     assert layers["_head_act"]["output_shape"] == [1280, 7, 7]

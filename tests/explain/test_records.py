@@ -14,10 +14,12 @@ from explain.errors import (
     LayerNotSpatialError,
     LayerRequiredError,
     UnknownLabelError,
+    UnknownLayerError,
     UnknownMethodError,
     UnknownNameError,
 )
 from explain.images import prepare_image
+from explain.methods import method_names
 from explain.models import load_model
 from explain.records import PICTURE_FIELDS, Picture, make_plan, map_pictures, render_record
 from explain.render import UnknownColormapError
@@ -110,3 +112,38 @@ def test_task_cost_counts_forward_passes(loaded):
     assert runner.cost(make_plan("gradcam", loaded).task) == 1.0
     assert runner.cost(make_plan("gradcam", loaded, method="scorecam").task) == 1.0 + 128
     assert TaskRunner(loaded).cost(make_plan("gradcam", loaded, method="scorecam").task) == 513.0
+
+
+def test_methods_described_with_their_cost_at_a_layer(loaded):
+    runner = TaskRunner(loaded, {"scorecam": {"max_channels": 128}})
+    methods = {m["name"]: m for m in runner.describe_methods()}
+    assert list(methods) == method_names()
+    assert methods["gradcam"] == {
+        "name": "gradcam",
+        "class_specific": True,
+        "cost": 1.0,
+        "description": "Grad-CAM: channels weighted by their mean gradient (Selvaraju et al., "
+        "ICCV 2017).",
+        "unavailable": None,
+    }
+    assert methods["scorecam"]["cost"] == 129.0  # layer4: 512 channels, 128 scored
+    assert methods["eigencam"]["class_specific"] is False
+    at_layer1 = {m["name"]: m["cost"] for m in runner.describe_methods("layer1")}
+    assert at_layer1["scorecam"] == 65.0  # 64 channels, all scored
+    with pytest.raises(UnknownLayerError, match="layer9"):
+        runner.describe_methods("layer9")
+    with pytest.raises(LayerNotSpatialError):
+        runner.describe_methods("fc")
+
+
+def test_a_method_that_cannot_be_set_up_says_why():
+    squeezenet = load_model("squeezenet1_0:none")  # its classifier is a convolution
+    try:
+        methods = {m["name"]: m for m in TaskRunner(squeezenet).describe_methods()}
+        assert methods["cam"]["cost"] is None
+        assert methods["cam"]["unavailable"] == "cam needs a model whose head is a linear layer"
+        assert methods["gradcam"]["unavailable"] is None
+        squeezenet.target_layer = None
+        assert {m["cost"] for m in TaskRunner(squeezenet).describe_methods()} == {None}
+    finally:
+        squeezenet.close()

@@ -2,54 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 
+from tests.conftest import service_process
 from tests.service.conftest import image_bytes, png_array
 
 CAT_CLASSES = set(range(281, 286))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "EXPLAIN_MAX_BATCH_WAIT_MS": "1"},
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    with httpx.Client(base_url=base, timeout=60) as client:
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.2)
-        yield client
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=60)
+    with service_process(EXPLAIN_MAX_BATCH_WAIT_MS="1") as running:
+        with httpx.Client(base_url=running.base_url, timeout=60) as client:
+            yield client
+    output = running.output
     # uvicorn shuts down gracefully, then re-raises the signal it caught.
-    assert process.returncode in (0, -signal.SIGTERM), output
+    assert running.process.returncode in (0, -signal.SIGTERM), output
     assert "Application shutdown complete" in output and "Traceback" not in output, output
 
 
