@@ -53,19 +53,6 @@ def test_thread_plan_fills_in_automatic_values(monkeypatch, cores, batch, torch_
     assert settings.thread_plan() == plan
 
 
-@pytest.mark.parametrize(
-    ("content", "quota"),
-    [("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000\n", 1.5), ("", None)],
-)
-def test_cgroup_cpu_quota(tmp_path, content, quota):
-    from service.settings import _cgroup_cpu_quota
-
-    path = tmp_path / "cpu.max"
-    path.write_text(content)
-    assert _cgroup_cpu_quota(str(path)) == quota
-    assert _cgroup_cpu_quota(str(tmp_path / "missing")) is None
-
-
 @pytest.mark.parametrize("path", ["docker-compose.yml", "Dockerfile"])
 def test_container_files_name_only_real_settings(path):
     import re
