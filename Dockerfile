@@ -69,6 +69,8 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 # tini as PID 1 passes SIGTERM (docker stop) and SIGINT on to the service and reaps orphans; the
 # service finishes running batches and exits within its shutdown deadline, so give `docker stop` that
 # deadline plus a margin (compose: stop_grace_period; docker run/stop: --stop-timeout / -t 30).
+# -e 143: ended by the stop signal itself (uvicorn re-raises it after a graceful shutdown, and Python's
+# default action ends a process still importing) is a clean stop, exit code 0, not a failure.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["tini", "--"]
+ENTRYPOINT ["tini", "-e", "143", "--"]
 CMD ["python", "-m", "service"]
