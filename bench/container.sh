@@ -17,13 +17,13 @@ port=${PORT:-18100}
 slow_channels=${SLOW_CHANNELS:-}
 workdir=$(mktemp -d)
 name=explain-figures-$$
-cleanup() { docker rm -f "$name" >/dev/null 2>&1 || true; rm -rf "$workdir"; }
+cleanup() { docker rm -fv "$name" >/dev/null 2>&1 || true; rm -rf "$workdir"; }
 trap cleanup EXIT
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 secs() { printf '%d.%02d s' $(( $1 / 1000 )) $(( $1 % 1000 / 10 )); }
 start() {  # start [docker run options...]: a fresh container named $name on $port
-  docker rm -f "$name" >/dev/null 2>&1 || true
+  docker rm -fv "$name" >/dev/null 2>&1 || true
   docker run -d --name "$name" -p "127.0.0.1:$port:8000" --stop-timeout "$stop_timeout" "$@" \
     "$image" >/dev/null
 }
@@ -65,7 +65,7 @@ if [ -z "$slow_channels" ]; then
   request_started=$(now_ms)
   curl -sS -o /dev/null -X POST -F "image=@$workdir/photo.png" "http://127.0.0.1:$port/gradcam?method=scorecam"
   slow_channels=$(( 64 * 15000 / ($(now_ms) - request_started) ))
-  docker rm -f "$name" >/dev/null
+  docker rm -fv "$name" >/dev/null
 fi
 start -e "EXPLAIN_SCORECAM_MAX_CHANNELS=$slow_channels"; wait_ready "$(now_ms)" >/dev/null
 request_started=$(now_ms)
@@ -81,7 +81,7 @@ start -e "EXPLAIN_SCORECAM_MAX_CHANNELS=$slow_channels"; wait_ready "$(now_ms)" 
 request_started=$(now_ms)
 curl -sS -o /dev/null -X POST -F "image=@$workdir/photo.png" "http://127.0.0.1:$port/gradcam?method=scorecam"
 echo "the same request without a stop: $(secs $(( $(now_ms) - request_started )))"
-docker rm -f "$name" >/dev/null
+docker rm -fv "$name" >/dev/null
 
 start --read-only; ready=$(wait_ready "$(now_ms)" || true)
 curl -fsS -o /dev/null -X POST -F "image=@$workdir/photo.png" "http://127.0.0.1:$port/gradcam" \
@@ -89,11 +89,11 @@ curl -fsS -o /dev/null -X POST -F "image=@$workdir/photo.png" "http://127.0.0.1:
 echo "--read-only (no tmpfs): ready $ready, /gradcam $answered, warnings in the log:" \
   "$(docker logs "$name" 2>&1 | grep -ciE 'warn|not writable|read-only file system' || true)"
 docker logs "$name" 2>&1 | grep -iE 'warn|not writable|read-only file system' | head -5 || true
-docker rm -f "$name" >/dev/null
+docker rm -fv "$name" >/dev/null
 
 start --cpus 1; wait_ready "$(now_ms)" >/dev/null
 echo "--cpus 1: $(docker logs "$name" 2>&1 | grep -o '[0-9]* batch thread(s).*' || echo 'no thread plan logged')"
-docker rm -f "$name" >/dev/null
+docker rm -fv "$name" >/dev/null
 
 start -e EXPLAIN_MODELS=efficientnet_lite0,resnet18:/weights/missing.pt; started=$(now_ms)
 until [ "$(docker inspect -f '{{.State.Running}}' "$name")" != true ] || (( $(now_ms) - started > 30000 )); do
