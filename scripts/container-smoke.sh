@@ -25,7 +25,7 @@ export COMPOSE_PROJECT_NAME=explain-smoke
 export EXPLAIN_PUBLISH="127.0.0.1:${SMOKE_PORT:-18000}"
 url="http://${EXPLAIN_PUBLISH}"
 workdir=$(mktemp -d)
-trap 'docker-compose down --remove-orphans --timeout 30 >/dev/null 2>&1 || true; rm -rf "$workdir"' EXIT
+trap 'docker-compose down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1 || true; rm -rf "$workdir"' EXIT
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 seconds_since() { local ms=$(( $(now_ms) - $1 )); printf '%d.%03d s' $(( ms / 1000 )) $(( ms % 1000 )); }
 
