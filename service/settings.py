@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.cgroups import cgroup_cpu_limit
+
 __all__ = ["Settings"]
 
 MiB = 1024 * 1024
@@ -100,22 +102,11 @@ class Settings(BaseSettings):
 
 
 def available_cores() -> int:
-    """Cores this process may use: its CPU affinity, narrowed by a cgroup v2 CPU quota (what
-    ``docker run --cpus`` and compose's ``cpus`` set)."""
+    """Cores this process may use: its CPU affinity, narrowed by its cgroup's CPU quota (v1 or v2,
+    what ``docker run --cpus`` and compose's ``cpus`` set), rounded down, at least 1."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_quota()
+    quota = cgroup_cpu_limit()
     return max(1, min(cores, int(quota))) if quota else cores
-
-
-def _cgroup_cpu_quota(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
-    try:
-        with open(path, encoding="ascii") as file:
-            limit, period = file.read().split()[:2]
-    except (OSError, ValueError):
-        return None
-    if limit == "max":
-        return None
-    return int(limit) / int(period)

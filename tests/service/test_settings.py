@@ -53,19 +53,6 @@ def test_thread_plan_fills_in_automatic_values(monkeypatch, cores, batch, torch_
     assert settings.thread_plan() == plan
 
 
-@pytest.mark.parametrize(
-    ("content", "quota"),
-    [("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000\n", 1.5), ("", None)],
-)
-def test_cgroup_cpu_quota(tmp_path, content, quota):
-    from service.settings import _cgroup_cpu_quota
-
-    path = tmp_path / "cpu.max"
-    path.write_text(content)
-    assert _cgroup_cpu_quota(str(path)) == quota
-    assert _cgroup_cpu_quota(str(tmp_path / "missing")) is None
-
-
 @pytest.mark.parametrize("path", ["docker-compose.yml", "Dockerfile"])
 def test_container_files_name_only_real_settings(path):
     import re
@@ -75,3 +62,19 @@ def test_container_files_name_only_real_settings(path):
     assert named, f"{path} configures nothing"
     unknown = {name for name in named if name.lower() not in Settings.model_fields}
     assert not unknown, f"{path} sets variables the service does not read: {sorted(unknown)}"
+
+
+def test_compose_waits_longer_than_the_shutdown_deadline():
+    import re
+
+    field = Settings.model_fields.get("shutdown_timeout_s")
+    if field is None:
+        pytest.skip("the service has no shutdown deadline setting (EXPLAIN_SHUTDOWN_TIMEOUT_S)")
+    text = (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text(encoding="utf-8")
+    grace = re.search(r"^\s*stop_grace_period:\s*(\d+)s\s*$", text, re.M)
+    assert grace, "docker-compose.yml sets no stop_grace_period in seconds"
+    configured = re.search(
+        r"EXPLAIN_SHUTDOWN_TIMEOUT_S:\s*\$\{EXPLAIN_SHUTDOWN_TIMEOUT_S:-([\d.]+)\}", text
+    )
+    deadline = float(configured.group(1)) if configured else float(field.default)
+    assert int(grace.group(1)) >= deadline + 5, "docker would SIGKILL before the shutdown deadline"
