@@ -58,7 +58,7 @@ def test_thread_plan_fills_in_automatic_values(monkeypatch, cores, batch, torch_
     [("max 100000\n", None), ("200000 100000\n", 2.0), ("150000 100000\n", 1.5), ("", None)],
 )
 def test_cgroup_cpu_quota(tmp_path, content, quota):
-    from service.settings import _cgroup_cpu_quota
+    from explain.machine import _cgroup_cpu_quota
 
     path = tmp_path / "cpu.max"
     path.write_text(content)
