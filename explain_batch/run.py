@@ -9,7 +9,7 @@ import logging
 import platform
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -149,11 +149,7 @@ class _Run:
             done, _ = wait(self._window, return_when=FIRST_COMPLETED)
             for future in done:
                 self._window.remove(future)
-                try:
-                    outcomes = future.result()
-                except CancelledError:
-                    continue
-                for outcome in outcomes:
+                for outcome in future.result():
                     self.write(outcome)
 
     def write(self, outcome: Outcome) -> None:
@@ -163,38 +159,35 @@ class _Run:
         failed = outcome.error is not None
         self.progress.update("failed" if failed else "ok")
         if failed and self.request.fail_fast and not self.stopped:
-            self.stopped = True
+            self.stopped = True  # no new batches; the ones in flight are written
             log.error(
                 "stopping at the first failure (--fail-fast): %s: %s", outcome.path, outcome.error
             )
-            self.cancel()
-
-    def cancel(self) -> None:
-        for future in self._window:
-            future.cancel()
 
     def close(self) -> None:
-        self.cancel()
+        """Let the batches in flight end (after an error, unwritten), so that no work outlives the
+        run."""
         try:
-            self._drain_quietly()
+            if self._window:
+                wait(self._window)
+                self._window.clear()
         finally:
             self.progress.close()
             if self.tensorboard is not None:
                 self.tensorboard.close()
-
-    def _drain_quietly(self) -> None:
-        """Let running batches end (their results are lost, but no thread outlives the run)."""
-        if self._window:
-            wait(self._window)
-            self._window.clear()
 
 
 def _count(inputs: list[str]) -> int:
     return sum(1 for _ in _unique(iter_paths(inputs)))
 
 
-def run(request: RunRequest) -> int:
+def run(request: RunRequest, engine: Engine | None = None) -> int:
     """Run a batch; the exit status (:data:`EXIT_OK`, :data:`EXIT_FAILED`, ...).
+
+    Args:
+        request: What to run.
+        engine: An engine opened for ``request.config`` to use (and leave open), e.g. to keep a
+            model loaded across runs; by default the run opens ``request.engine`` and closes it.
 
     Raises:
         UsageError: a problem found before any work (exit status 2).
@@ -209,7 +202,9 @@ def run(request: RunRequest) -> int:
     if total == 0:
         kinds = " ".join(sorted(IMAGE_SUFFIXES))
         raise UsageError(f"no images in {' '.join(request.inputs)} (looked for {kinds}, any case)")
-    engine: Engine = engine_module(request.engine).open_engine(request.config)
+    owned = engine is None
+    if engine is None:
+        engine = engine_module(request.engine).open_engine(request.config)
     started, clock = datetime.now(UTC), time.monotonic()
     summary: dict[str, Any] = {
         "status": "running",
@@ -246,7 +241,8 @@ def run(request: RunRequest) -> int:
             if the_run is not None:
                 the_run.close()
         finally:
-            engine.close()
+            if owned:
+                engine.close()
             store.results.close()
     seconds = time.monotonic() - clock
     progress = the_run.progress if the_run is not None else None

@@ -14,23 +14,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from explain.records import PICTURE_FIELDS
-from explain_batch.engines import Outcome, UsageError
+from explain_batch.engines import PASSING_ERRORS, Outcome, UsageError
 
-__all__ = ["RETRY_ON_RESUME", "OutputDir", "ResultsLog"]
-
-RETRY_ON_RESUME = frozenset(
-    {
-        "overloaded",
-        "shutting_down",
-        "not_ready",
-        "deadline_exceeded",
-        "request_timeout",
-        "timeout",
-        "unreachable",
-        "internal_error",
-    }
-)
-"""Error codes of inputs that a rerun scores again: the failure was the moment's, not the image's."""
+__all__ = ["OutputDir", "ResultsLog"]
 
 _FAILED, _RETRY = 1, 2
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
@@ -47,7 +33,7 @@ def _entry(sha256: str | None, error: Mapping[str, str] | None) -> int:
     """What the index keeps of one line: 60 bits of the SHA-256 and two flags."""
     digest = int(sha256[:15], 16) if sha256 else 0
     flags = (_FAILED if error else 0) | (
-        _RETRY if error and error.get("code") in RETRY_ON_RESUME else 0
+        _RETRY if error and error.get("code") in PASSING_ERRORS else 0
     )
     return digest << 2 | flags
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "ENGINES",
+    "PASSING_ERRORS",
     "Engine",
     "EngineOption",
     "Input",
@@ -35,6 +36,21 @@ __all__ = [
     "UsageError",
     "engine_module",
 ]
+
+PASSING_ERRORS = frozenset(
+    {
+        "overloaded",
+        "shutting_down",
+        "not_ready",
+        "deadline_exceeded",
+        "request_timeout",
+        "timeout",
+        "unreachable",
+        "internal_error",
+    }
+)
+"""Error codes of a failure of the moment rather than of the image: an engine records them for
+the images concerned and the run goes on; a rerun scores those images again."""
 
 ENGINES: Mapping[str, str] = {
     "local": "explain_batch.engines.local",

@@ -11,7 +11,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from PIL import Image
 
 from explain.models import parse_spec
-from explain_batch.engines import EngineOption, Input, Outcome, RunAborted, RunConfig, UsageError
+from explain_batch.engines import (
+    PASSING_ERRORS,
+    EngineOption,
+    Input,
+    Outcome,
+    RunAborted,
+    RunConfig,
+    UsageError,
+)
 from explain_client import DEFAULT_URL, ApiError, Client, ClientError, Result, UnreachableError
 
 __all__ = ["IMAGE_ERRORS", "OPTIONS", "HttpEngine", "open_engine"]
@@ -25,12 +33,6 @@ IMAGE_ERRORS = frozenset(
 )
 """Error codes that concern one image: recorded for it, and the run goes on. Any other error
 answer is about the options, the model or the key, the same for every image, and stops the run."""
-
-RETRYABLE_ERRORS = frozenset(
-    {"overloaded", "shutting_down", "not_ready", "deadline_exceeded", "request_timeout", "timeout"}
-)
-"""Codes recorded for an image that the service could not take in time after the client's
-retries: the next run tries those images again."""
 
 OPTIONS = (
     EngineOption(
@@ -109,7 +111,7 @@ class HttpEngine:
         except ApiError as error:
             if error.code in IMAGE_ERRORS and len(inputs) > 1:
                 return [outcome for item in inputs for outcome in self._score([item])]
-            if error.code in IMAGE_ERRORS | RETRYABLE_ERRORS:
+            if error.code in IMAGE_ERRORS | PASSING_ERRORS:
                 return [Outcome.failed(item, error.code, _message(error, item)) for item in inputs]
             raise RunAborted(f"{self.client.url}: {error}") from error
         except UnreachableError as error:

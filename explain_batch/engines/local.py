@@ -70,9 +70,9 @@ class LocalEngine:
         if io_threads < 1:
             raise ValueError(f"io_threads must be at least 1, got {io_threads}")
         self.batch_size = config.batch_size or DEFAULT_BATCH_SIZE
-        batch_threads, torch_threads = thread_plan()
+        batch_threads, self.torch_threads = thread_plan()
         self._torch_threads_before = torch.get_num_threads()
-        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(self.torch_threads)
         try:
             self.scorer = Scorer(config)
         except BaseException:
