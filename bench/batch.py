@@ -72,13 +72,7 @@ def make_inputs(folder: Path, count: int) -> None:
 
 def raw_slice(raw: RawModel, threads: int, seconds: float, totals: Totals) -> None:
     torch.set_num_threads(threads)
-    model, x = raw.loaded.model, raw.inputs
-    with torch.inference_mode():
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model(x)
-            totals.raw_images += len(x)
-    totals.raw_seconds += time.perf_counter() - started
+    raw.run(seconds, totals)
 
 
 def engine_slice(request: RunRequest, engine, torch_threads: int | None, totals: Totals) -> None:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from explain.records import ENDPOINTS
-from explain_batch.engines import ENGINES, RunConfig, UsageError, engine_module
+from explain_batch.engines import ENGINES, RunAborted, RunConfig, UsageError, engine_module
 from explain_batch.options import add_plan_options, chosen_options, positive_int
-from explain_batch.run import EXIT_USAGE, RunRequest, run
+from explain_batch.run import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_USAGE, RunRequest, run
 
 __all__ = ["build_parser", "main"]
 
@@ -150,3 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"explain-batch: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except RunAborted as error:
+        print(f"explain-batch: stopped: {error}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_ABORTED
+    except KeyboardInterrupt:
+        print("explain-batch: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED

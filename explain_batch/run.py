@@ -182,7 +182,7 @@ def _count(inputs: list[str]) -> int:
 
 
 def run(request: RunRequest, engine: Engine | None = None) -> int:
-    """Run a batch; the exit status (:data:`EXIT_OK`, :data:`EXIT_FAILED`, ...).
+    """Run a batch; the exit status: :data:`EXIT_OK` or :data:`EXIT_FAILED`.
 
     Args:
         request: What to run.
@@ -190,7 +190,10 @@ def run(request: RunRequest, engine: Engine | None = None) -> int:
             model loaded across runs; by default the run opens ``request.engine`` and closes it.
 
     Raises:
-        UsageError: a problem found before any work (exit status 2).
+        UsageError: a problem found before any work (exit status 2), or a failure that concerns
+            every image found by the first batch.
+        RunAborted: the run could not go on (exit status 3); ``run.json`` says so.
+        KeyboardInterrupt: interrupted (exit status 130); ``run.json`` says so.
     """
     check_inputs(request.inputs)
     if request.tensorboard:
@@ -219,7 +222,7 @@ def run(request: RunRequest, engine: Engine | None = None) -> int:
         "started": started.isoformat(timespec="seconds"),
     }
     the_run: _Run | None = None
-    status = EXIT_OK
+    stopped_by: BaseException | None = None
     try:
         store.start(request.overwrite)
         store.write_run(summary)
@@ -227,15 +230,10 @@ def run(request: RunRequest, engine: Engine | None = None) -> int:
         the_run = _Run(request, engine, store, total)
         the_run.loop()
         summary["status"] = "stopped" if the_run.stopped else "complete"
-    except KeyboardInterrupt:
-        summary["status"], status = "interrupted", EXIT_INTERRUPTED
-        log.error("interrupted: rerun the same command to resume")
-    except RunAborted as error:
-        summary["status"], status = "aborted", EXIT_ABORTED
-        log.error("%s; rerun the same command to resume", error)
-    except UsageError as error:
-        summary["status"], status = "aborted", EXIT_USAGE
-        log.error("%s", error)
+    except KeyboardInterrupt as error:
+        summary["status"], stopped_by = "interrupted", error
+    except (RunAborted, UsageError) as error:
+        summary["status"], stopped_by = "aborted", error
     finally:
         try:
             if the_run is not None:
@@ -256,6 +254,6 @@ def run(request: RunRequest, engine: Engine | None = None) -> int:
         images_per_second=round(scored / seconds, 3) if seconds > 0 else None,
     )
     store.write_run(summary)
-    if status == EXIT_OK and (counts["failed"] or counts["previously_failed"]):
-        status = EXIT_FAILED
-    return status
+    if stopped_by is not None:
+        raise stopped_by
+    return EXIT_FAILED if counts["failed"] or counts["previously_failed"] else EXIT_OK

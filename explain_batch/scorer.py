@@ -19,7 +19,7 @@ from explain.errors import ExplainError
 from explain.images import ImageLimits, PreparedImage, prepare_image
 from explain.models import load_model
 from explain.records import Picture, make_plan, map_pictures, render_record
-from explain.tasks import CAMTask, ImageOutput, TaskRunner
+from explain.tasks import ImageOutput, TaskRunner
 from explain_batch.engines import Input, Outcome, RunConfig, UsageError
 
 __all__ = ["Prepared", "Scorer"]
@@ -58,12 +58,17 @@ class Scorer:
             self.plan = make_plan(config.endpoint, self.loaded, **config.options)
             scorecam = {"max_channels": config.scorecam_max_channels or None}
             self.runner = TaskRunner(self.loaded, {"scorecam": scorecam})
-            if isinstance(self.plan.task, CAMTask):  # a method that does not fit the model
-                self.runner.method(self.plan.task.method, self.plan.task.layer)
+            self._try_out()
         except (ExplainError, ValueError) as error:
             raise UsageError(f"{getattr(error, 'code', 'invalid_option')}: {error}") from error
         except TypeError as error:  # an option the endpoint does not take
             raise UsageError(f"invalid_option: {error}") from error
+
+    def _try_out(self) -> None:
+        """Run the task once on a blank image: what only running can refuse (a method that does
+        not fit the model) is refused before any work, and the first real batch is not slower."""
+        blank = torch.zeros(1, 3, *self.loaded.preprocess.input_size)
+        self.runner(self.plan.task, blank, [self.plan.targets])
 
     @property
     def model(self) -> str:

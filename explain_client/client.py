@@ -41,31 +41,38 @@ class _Base:
 
     def __init__(
         self,
-        url: str,
-        api_key: str | None,
-        timeout: float,
-        max_retries: int,
-        backoff: float,
-        max_images: int,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 5,
+        backoff: float = 0.5,
+        max_images: int = DEFAULT_MAX_IMAGES,
+        transport: Any = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.url = url.rstrip("/")
         self.retry = RetryPolicy(max_retries=max_retries, backoff=backoff)
         self.limits = Limits(max_images=max_images)
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = timeout
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = self._http_client(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    _http_client: Any = None
+    """The httpx client class."""
 
     @property
     def max_images(self) -> int:
         """Images per request: the given limit, lowered to the service's when it refuses more."""
         return self.limits.max_images
 
-    def _explain(
-        self, http: Any, endpoint: str, images: Images, options: dict[str, Any]
-    ) -> tuple[Call, bool]:
+    def _explain(self, endpoint: str, images: Images, options: dict[str, Any]) -> tuple[Call, bool]:
         payloads, single = as_payloads(images)
-        return explain_call(http, endpoint, payloads, options, self.retry, self.limits), single
+        return explain_call(
+            self._http, endpoint, payloads, options, self.retry, self.limits
+        ), single
 
 
 class Client(_Base):
@@ -80,7 +87,8 @@ class Client(_Base):
         backoff: First wait after a connection error, seconds.
         max_images: Images per request; longer lists are split. Lowered to the service's limit
             when it answers 413 ``too_many_images``.
-        transport: An httpx transport (tests, proxies, Unix sockets).
+        transport: An httpx transport (tests, proxies, Unix sockets); an async one for
+            :class:`AsyncClient`.
 
     Every explanation method takes one image (returns a :class:`Result`) or a list of them
     (returns a list, in order), and raises :class:`~explain_client.ApiError` with the API's
@@ -88,21 +96,7 @@ class Client(_Base):
     :class:`~explain_client.ServiceTimeoutError`.
     """
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 5,
-        backoff: float = 0.5,
-        max_images: int = DEFAULT_MAX_IMAGES,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        super().__init__(url, api_key, timeout, max_retries, backoff, max_images)
-        self._http = httpx.Client(
-            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
-        )
+    _http_client = httpx.Client
 
     def __enter__(self) -> Client:
         return self
@@ -132,7 +126,7 @@ class Client(_Base):
 
     def explain(self, endpoint: str, images: Images, **options: Any) -> Result | list[Result]:
         """``POST /{endpoint}`` with any options the endpoint takes (``None`` values left out)."""
-        call, single = self._explain(self._http, endpoint, images, options)
+        call, single = self._explain(endpoint, images, options)
         results = self._drive(call)
         return results[0] if single else results
 
@@ -212,21 +206,7 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client`: the same arguments and methods, awaited."""
 
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        *,
-        api_key: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 5,
-        backoff: float = 0.5,
-        max_images: int = DEFAULT_MAX_IMAGES,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        super().__init__(url, api_key, timeout, max_retries, backoff, max_images)
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=self._headers, timeout=timeout, transport=transport
-        )
+    _http_client = httpx.AsyncClient
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -256,7 +236,7 @@ class AsyncClient(_Base):
 
     async def explain(self, endpoint: str, images: Images, **options: Any) -> Result | list[Result]:
         """``POST /{endpoint}`` with any options the endpoint takes (``None`` values left out)."""
-        call, single = self._explain(self._http, endpoint, images, options)
+        call, single = self._explain(endpoint, images, options)
         results = await self._drive(call)
         return results[0] if single else results
 

@@ -77,7 +77,9 @@ def service_url() -> Iterator[str]:
     shared by the tests that need a real server, and stopped at the end of the session."""
     port = free_port()
     command = [sys.executable, "-m", "service", "--port", str(port), "--log-level", "warning"]
-    server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "EXPLAIN_MODELS": "efficientnet_lite0"})
+    server = subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, "EXPLAIN_MODELS": "efficientnet_lite0"}
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -38,21 +38,23 @@ def _then(future: Future[T], pool: ThreadPoolExecutor, step: Callable[[T], R]) -
     """A future of ``step(future.result())``, run on ``pool`` once ``future`` is done."""
     chained: Future[R] = Future()
 
-    def relay(done: Future[Any]) -> None:
+    def settled(done: Future[Any]) -> bool:
+        """Pass a cancellation or an error on to ``chained``; whether ``done`` has a value."""
         if done.cancelled():
             chained.cancel()
         elif (error := done.exception()) is not None:
             chained.set_exception(error)
         else:
+            return True
+        return False
+
+    def finish(done: Future[R]) -> None:
+        if settled(done):
             chained.set_result(done.result())
 
     def start(done: Future[T]) -> None:
-        if done.cancelled():
-            chained.cancel()
-        elif (error := done.exception()) is not None:
-            chained.set_exception(error)
-        else:
-            pool.submit(step, done.result()).add_done_callback(relay)
+        if settled(done):
+            pool.submit(step, done.result()).add_done_callback(finish)
 
     future.add_done_callback(start)
     return chained

@@ -65,6 +65,7 @@ def make_folder(root: Path, count: int = 30, seed: int = 0) -> Folder:
         paths.add(os.path.normpath(path))
     good = io.BytesIO()
     _image(rng, (64, 64)).save(good, format="JPEG")
+    (photos / "b").mkdir(parents=True, exist_ok=True)
     (photos / "b" / "corrupt.jpg").write_bytes(good.getvalue()[:300] + b"\x00" * 50)
     (photos / "notes.png").write_text("not an image at all\n")
     (photos / ".hidden.png").write_bytes(good.getvalue())

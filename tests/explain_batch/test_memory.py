@@ -57,8 +57,9 @@ def test_rss_of_a_run_over_2000_images_stays_flat(tmp_path):
     assert run.wait() == 0
     assert read_run(out)["counts"]["ok"] == IMAGES
     early = max(rss for lines, rss in samples if IMAGES // 5 <= lines <= IMAGES // 4)
-    late = max(rss for lines, rss in samples if lines >= IMAGES * 3 // 4)
-    print(f"RSS at 20-25%: {early / MiB:.1f} MiB, after 75%: {late / MiB:.1f} MiB")
+    # while scoring: the interpreter's own teardown after the last line is not the run's
+    late = max(rss for lines, rss in samples if IMAGES * 3 // 4 <= lines < IMAGES * 19 // 20)
+    print(f"RSS at 20-25%: {early / MiB:.1f} MiB, at 75-95%: {late / MiB:.1f} MiB")
     # Holding every input's decoded tensor (600 KB each) would add hundreds of MiB over the
     # last 1,500 images; what the run keeps per input (an index entry) is a few dozen bytes.
     assert late - early < 25 * MiB

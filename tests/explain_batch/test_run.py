@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from explain.tasks import TaskRunner
+from explain_batch.scorer import Scorer
 from tests.explain_batch.conftest import batch, make_folder, read_lines, read_run
 
 RESULT_FIELDS = [
@@ -59,16 +60,19 @@ def test_a_rerun_skips_everything_and_computes_nothing(folder, tmp_path, monkeyp
     pictures = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
 
     calls = collections.Counter()
-    original_call, original_prepare = TaskRunner.__call__, "explain_batch.scorer.prepare_image"
 
-    def counted(self, *args, **kwargs):
-        calls["model"] += 1
-        return original_call(self, *args, **kwargs)
+    def counting(name, original):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(TaskRunner, "__call__", counted)
-    monkeypatch.setattr(original_prepare, lambda *a, **k: calls.update(["decode"]))
+        return counted
+
+    monkeypatch.setattr(TaskRunner, "__call__", counting("model", TaskRunner.__call__))
+    monkeypatch.setattr(Scorer, "prepare", counting("decode", Scorer.prepare))
+    monkeypatch.setattr(Scorer, "forward", counting("batch", Scorer.forward))
     assert batch(*args) == 1  # the two failures are still failures
-    assert calls == {}
+    assert calls == {"model": 1}  # the blank image that checks the options at start-up, only
     assert (out / "results.jsonl").read_bytes() == before
     assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == pictures
     run = read_run(out)
@@ -85,7 +89,8 @@ def test_changed_options_need_overwrite_or_another_folder(folder, tmp_path, caps
     assert batch(*folder.args, "--out", str(out), "--top-k", "3") == 1
     before = (out / "results.jsonl").read_bytes()
     assert batch(*folder.args, "--out", str(out), "--top-k", "4") == 2
-    assert "--overwrite" in capsys.readouterr().err and "top_k" in capsys.readouterr().err + "top_k"
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "options: {'top_k': 3} -> {'top_k': 4}" in err
     assert (out / "results.jsonl").read_bytes() == before
     assert batch(*folder.args, "--out", str(out), "--top-k", "4", "--overwrite") == 1
     lines = read_lines(out)
