@@ -15,8 +15,9 @@ from explain_batch.scorer import Prepared, Scorer
 
 __all__ = ["DEFAULT_BATCH_SIZE", "OPTIONS", "LocalEngine", "open_engine"]
 
-DEFAULT_BATCH_SIZE = 4
-"""Images per model call: on a CPU, larger batches are hardly cheaper per image (docs/benchmarks.md)."""
+DEFAULT_BATCH_SIZE = 2
+"""Images per model call: with two batch threads of one torch thread each (the thread plan on 2
+cores), batches of 2 reach the raw batched forward throughput; 8 fall to 0.75x (docs/benchmarks.md)."""
 
 OPTIONS = (
     EngineOption(

@@ -54,6 +54,10 @@ def test_sigkill_midway_then_rerun_records_each_input_once(tmp_path):
     assert summary["counts"]["ok"] + summary["counts"]["failed"] == len(folder.paths) - len(
         killed_at
     )
+    print(
+        f"killed after {len(killed_at)} of {len(folder.paths)} lines; the rerun skipped "
+        f"{summary['counts']['skipped']} and scored {summary['counts']['ok'] + summary['counts']['failed']}"
+    )
     for line in lines:
         if line["error"] is None:
             assert all((out / entry["png_file"]).is_file() for entry in line["featuremaps"])
