@@ -106,6 +106,24 @@ def _engine_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return chosen
 
 
+_SECRET_FLAGS = ("--api-key",)
+
+
+def _redacted(argv: Sequence[str]) -> list[str]:
+    """The command line with secrets (``--api-key``) replaced, for ``run.json``."""
+    shown, hide_next = [], False
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if hide_next:
+            shown.append("***")
+        elif flag in _SECRET_FLAGS and "=" in arg:
+            shown.append(f"{flag}=***")
+        else:
+            shown.append(arg)
+        hide_next = not hide_next and arg in _SECRET_FLAGS
+    return shown
+
+
 def request_from(argv: Sequence[str] | None = None) -> RunRequest:
     """Parse a command line into a :class:`RunRequest`.
 
@@ -138,7 +156,7 @@ def request_from(argv: Sequence[str] | None = None) -> RunRequest:
         fail_fast=args.fail_fast,
         progress=args.progress,
         tensorboard=args.tensorboard,
-        command=["explain-batch", *(sys.argv[1:] if argv is None else argv)],
+        command=["explain-batch", *_redacted(sys.argv[1:] if argv is None else argv)],
     )
 
 
