@@ -16,6 +16,8 @@ from explain_batch.run import EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_USAGE, RunReq
 
 __all__ = ["build_parser", "main"]
 
+_SUMMARY = " ".join(__doc__.split("\n\n")[0].split(": ", 1)[1].split())
+_DESCRIPTION = _SUMMARY[0].upper() + _SUMMARY[1:]
 _EPILOG = """\
 exit status: 0 every input scored; 1 some failed (recorded in results.jsonl); 2 a usage error
 found before any work; 3 the run stopped early (e.g. the service went away): rerun to resume;
@@ -26,7 +28,7 @@ found before any work; 3 the run stopped early (e.g. the service went away): rer
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="explain-batch",
-        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        description=_DESCRIPTION,
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -20,6 +20,7 @@ from explain_batch.engines import (
     RunConfig,
     UsageError,
 )
+from explain_batch.options import positive_int
 from explain_client import DEFAULT_URL, ApiError, Client, ClientError, Result, UnreachableError
 
 __all__ = ["IMAGE_ERRORS", "OPTIONS", "HttpEngine", "open_engine"]
@@ -49,7 +50,7 @@ OPTIONS = (
     EngineOption(
         ("--concurrency",),
         {
-            "type": int,
+            "type": positive_int,
             "default": DEFAULT_CONCURRENCY,
             "metavar": "N",
             "help": f"http: requests in flight at once (default {DEFAULT_CONCURRENCY})",

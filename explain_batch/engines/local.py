@@ -11,6 +11,7 @@ import torch
 
 from explain.machine import thread_plan
 from explain_batch.engines import EngineOption, Input, Outcome, RunConfig
+from explain_batch.options import positive_int
 from explain_batch.scorer import Prepared, Scorer
 
 __all__ = ["DEFAULT_BATCH_SIZE", "OPTIONS", "LocalEngine", "open_engine"]
@@ -23,7 +24,7 @@ OPTIONS = (
     EngineOption(
         ("--io-threads",),
         {
-            "type": int,
+            "type": positive_int,
             "default": 2,
             "metavar": "N",
             "help": "local: threads decoding images and encoding PNGs beside the model (default 2)",
