@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "map_pictures",
     "plan_featuremaps",
     "plan_gradcam",
+    "plan_options",
     "plan_predict",
     "render_record",
 ]
@@ -245,6 +247,18 @@ def make_plan(endpoint: str, loaded: LoadedModel, **options: Any) -> Plan:
     if endpoint not in _PLANS:
         raise UnknownNameError(endpoint, _PLANS)
     return _PLANS[endpoint](loaded, **options)
+
+
+def plan_options(endpoint: str) -> tuple[str, ...]:
+    """The option names ``endpoint``'s plan takes (what :func:`make_plan` accepts for it).
+
+    Raises:
+        UnknownNameError: an unknown endpoint.
+    """
+    if endpoint not in _PLANS:
+        raise UnknownNameError(endpoint, _PLANS)
+    parameters = inspect.signature(_PLANS[endpoint]).parameters.values()
+    return tuple(p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def render_record(plan: Plan, image: PreparedImage, output: ImageOutput) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.cgroups import cgroup_cpu_limit
+from explain.machine import available_cores, thread_plan
 
 __all__ = ["Settings"]
 
@@ -77,16 +76,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="info", description="uvicorn/app log level.")
 
     def thread_plan(self) -> tuple[int, int]:
-        """``(batch_threads, torch_threads)`` with the automatic values (0) worked out.
-
-        Two batches side by side, each on half the cores, beat one batch on all of them for the
-        models served here: intra-op parallelism of one small batch leaves cores idle
-        (docs/benchmarks.md).
-        """
-        cores = available_cores()
-        batch_threads = self.batch_threads or (2 if cores >= 2 else 1)
-        torch_threads = self.torch_threads or max(1, cores // batch_threads)
-        return batch_threads, torch_threads
+        """``(batch_threads, torch_threads)`` with the automatic values (0) worked out from the
+        usable cores (:func:`explain.machine.thread_plan`)."""
+        return thread_plan(self.batch_threads, self.torch_threads, available_cores())
 
     @field_validator("models", mode="before")
     @classmethod
@@ -99,14 +91,3 @@ class Settings(BaseSettings):
                 raise ValueError("at least one model spec is needed")
             return specs
         return value
-
-
-def available_cores() -> int:
-    """Cores this process may use: its CPU affinity, narrowed by its cgroup's CPU quota (v1 or v2,
-    what ``docker run --cpus`` and compose's ``cpus`` set), rounded down, at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    quota = cgroup_cpu_limit()
-    return max(1, min(cores, int(quota))) if quota else cores

@@ -7,10 +7,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -64,6 +66,9 @@ def photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(data, name)())
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
@@ -77,7 +82,11 @@ class ServiceProcess:
 
     process: subprocess.Popen[str]
     base_url: str
-    output: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
 
 
 @contextmanager
@@ -93,10 +102,13 @@ def service_process(timeout: float = 180.0, **env: str) -> Iterator[ServiceProce
         text=True,
     )
     running = ServiceProcess(process, f"http://127.0.0.1:{port}")
+    # Read what it prints as it goes: a full pipe would block the server.
+    reader = threading.Thread(target=running.lines.extend, args=(process.stdout,), daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout
     try:
         while True:
-            assert process.poll() is None, process.stdout.read()
+            assert process.poll() is None, running.output
             try:
                 if httpx.get(f"{running.base_url}/readyz", timeout=5).status_code == 200:
                     break
@@ -107,4 +119,19 @@ def service_process(timeout: float = 180.0, **env: str) -> Iterator[ServiceProce
         yield running
     finally:
         process.send_signal(signal.SIGTERM)
-        running.output, _ = process.communicate(timeout=60)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        reader.join(10)
+
+
+@pytest.fixture(scope="session")
+def service_url() -> Iterator[str]:
+    """``python -m service`` (efficientnet_lite0, default settings) on a free loopback port,
+    shared by the tests that need a real server, and stopped at the end of the session."""
+    with service_process(
+        EXPLAIN_MODELS="efficientnet_lite0", EXPLAIN_LOG_LEVEL="warning"
+    ) as server:
+        yield server.base_url

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.cgroups import cgroup_cpu_limit
+from explain.cgroups import cgroup_cpu_limit
 
 V1_HOST_MOUNTS = """\
 31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
@@ -161,14 +161,14 @@ def test_no_files_or_garbage_mean_no_limit(tmp_path, garbage):
 def test_available_cores_follows_the_quota(monkeypatch):
     import os
 
-    from service import settings
+    from explain import machine
 
     cores = len(os.sched_getaffinity(0))
-    monkeypatch.setattr(settings, "cgroup_cpu_limit", lambda: 1.5)
-    assert settings.available_cores() == 1
-    monkeypatch.setattr(settings, "cgroup_cpu_limit", lambda: 0.2)
-    assert settings.available_cores() == 1
-    monkeypatch.setattr(settings, "cgroup_cpu_limit", lambda: None)
-    assert settings.available_cores() == cores
-    monkeypatch.setattr(settings, "cgroup_cpu_limit", lambda: cores + 8.0)
-    assert settings.available_cores() == cores
+    monkeypatch.setattr(machine, "cgroup_cpu_limit", lambda: 1.5)
+    assert machine.available_cores() == 1
+    monkeypatch.setattr(machine, "cgroup_cpu_limit", lambda: 0.2)
+    assert machine.available_cores() == 1
+    monkeypatch.setattr(machine, "cgroup_cpu_limit", lambda: None)
+    assert machine.available_cores() == cores
+    monkeypatch.setattr(machine, "cgroup_cpu_limit", lambda: cores + 8.0)
+    assert machine.available_cores() == cores
