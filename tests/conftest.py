@@ -125,6 +125,7 @@ def service_process(timeout: float = 180.0, **env: str) -> Iterator[ServiceProce
             process.kill()
             process.wait()
         reader.join(10)
+        process.stdout.close()
 
 
 @pytest.fixture(scope="session")
