@@ -151,7 +151,8 @@ async def serve(
         watch={
             _disconnected(request): lambda: ApiError(
                 499, "client_closed_request", "the client went away"
-            )
+            ),
+            state.shutdown_deadline(): lambda: _stopping(state),
         },
     )
 

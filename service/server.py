@@ -55,6 +55,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.opened = time.monotonic()
         self.header_bytes = 0
         self.in_headers = False
+        self.oversized = False
         self.header_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         if len(self.connections) > self.settings.max_connections and not self._make_room():
@@ -111,16 +112,25 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         counting = not self.serving or self.in_headers
+        if counting:
+            self.header_bytes += len(data)
         super().data_received(data)
-        if not counting or self.transport.is_closing():
+        if self.transport.is_closing():
             return
-        self.header_bytes += len(data)
-        if self.in_headers and self.header_bytes > self.settings.max_header_bytes:
-            self._refuse(
-                431,
-                "headers_too_large",
-                f"the request line and headers exceed {self.settings.max_header_bytes} bytes",
-            )
+        if self.oversized or (counting and self.in_headers and self._headers_too_large()):
+            self._refuse_large_headers()
+
+    def _headers_too_large(self) -> bool:
+        """Whether the bytes of the request line and headers so far are over the limit (while
+        they arrive, every byte received belongs to them)."""
+        return self.header_bytes > self.settings.max_header_bytes
+
+    def _refuse_large_headers(self) -> None:
+        self._refuse(
+            431,
+            "headers_too_large",
+            f"the request line and headers exceed {self.settings.max_header_bytes} bytes",
+        )
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -131,6 +141,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.in_headers = False
         self._disarm_header_timer()
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.settings.max_header_bytes:
+            self.oversized = True  # refused once the parser returns; the app never sees it
+            return
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
@@ -159,6 +173,9 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- answers of the protocol itself -----------------------------------------------------------
 
     def send_400_response(self, msg: str) -> None:
+        if self.oversized or (self.in_headers and self._headers_too_large()):
+            self._refuse_large_headers()
+            return
         self._refuse(400, "invalid_http_request", f"the request is not valid HTTP/1.1: {msg}")
 
     def _refuse(self, status: int, code: str, message: str, retry: int | None = None) -> None:

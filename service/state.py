@@ -103,6 +103,12 @@ class ServiceState:
         for served in list(self.models.values()):
             served.worker.close()
 
+    async def shutdown_deadline(self, margin: float = 0.5) -> None:
+        """Returns ``margin`` seconds before the shutdown deadline (never, while not stopping):
+        work still running then is answered 503 before the server closes its connections."""
+        await self.stopping.wait()
+        await asyncio.sleep(max(0.0, self.shutdown_left() - margin))
+
     def shutdown_left(self) -> float:
         """Seconds left of ``shutdown_timeout_s`` since the shutdown began."""
         began = self.shutdown_started or time.monotonic()
