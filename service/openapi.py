@@ -54,6 +54,10 @@ def _bound(schema: dict[str, Any], keywords: dict[str, Any]) -> None:
 def bound_schema(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """Write the settings' bounds into the explanation endpoints of ``schema`` (in place)."""
     bounds = _bounds(settings)
+    detail = schema.get("paths", {}).get("/models/{name}", {}).get("get")
+    for parameter in (detail or {}).get("parameters", []):
+        if parameter.get("in") == "path" and parameter["name"] == "name":
+            _bound(parameter["schema"], bounds["model"])
     for path in EXPLAIN_PATHS:
         operation = schema.get("paths", {}).get(path, {}).get("post")
         if not operation:

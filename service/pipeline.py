@@ -36,7 +36,9 @@ __all__ = ["serve"]
 
 def _merge_options(query: BaseModel, sent: dict[str, Any]) -> BaseModel:
     """Options from the query string and, for the JSON form, from the body; the same option in
-    both places with different values is refused rather than one silently winning."""
+    both places with different values is refused rather than one silently winning. A JSON
+    ``null`` is an option not given."""
+    sent = {name: value for name, value in sent.items() if value is not None}
     if not sent:
         return query
     try:  # JSON has real types: `true` is no integer, "5" no number

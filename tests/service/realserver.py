@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import IO
 
 import httpx
 import psutil
@@ -27,6 +29,8 @@ def free_port() -> int:
 class RealServer:
     process: subprocess.Popen
     port: int
+    log: IO[str]
+    """The process's output (a file: a pipe nobody reads would fill up and block it)."""
 
     @property
     def base(self) -> str:
@@ -46,21 +50,30 @@ class RealServer:
         return sent
 
     def output(self) -> str:
-        """What the process wrote, once it has ended (the pipe is then closed)."""
-        output, _ = self.process.communicate(timeout=60)
-        return output or ""
+        """What the process wrote so far."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def close(self) -> None:
+        """Kill the process if it still runs, and release its log."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        self.log.close()
 
 
 def launch(env: dict[str, str], models: str = "alexnet:none") -> RealServer:
     port = free_port()
+    log = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by close())
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", str(port), "--models", models],
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env},
         text=True,
     )
-    return RealServer(process, port)
+    return RealServer(process, port, log)
 
 
 def wait_ready(server: RealServer, timeout: float = 120.0) -> None:
@@ -82,10 +95,7 @@ def running(env: dict[str, str], models: str = "alexnet:none") -> Iterator[RealS
         wait_ready(server)
         yield server
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-        if server.process.stdout and not server.process.stdout.closed:
-            server.process.communicate(timeout=30)
+        server.close()
 
 
 def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:

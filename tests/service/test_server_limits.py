@@ -3,13 +3,17 @@ uploads, too many sockets, clients that leave. Limits are scaled down so each bo
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import threading
 import time
 
 import httpx
+import numpy as np
 import psutil
 import pytest
+from PIL import Image
 
 from tests.service.conftest import b64, image_bytes
 from tests.service.realserver import closed_within, read_response, running
@@ -26,6 +30,7 @@ LIMITS = {
     "EXPLAIN_SCORECAM_MAX_CHANNELS": "64",
     "EXPLAIN_BATCH_THREADS": "1",
     "EXPLAIN_MAX_BATCH_SIZE": "1",
+    "EXPLAIN_DECODE_BUDGET_BYTES": str(256 * MiB),
 }
 
 
@@ -171,3 +176,76 @@ def test_a_client_that_leaves_cancels_its_work(server):
     time.sleep(4.0)
     computed = batch_images(server, "gradcam") - before
     assert computed <= 2, f"{computed} images computed for a client that left"
+
+
+def png16(side: int) -> bytes:
+    """A 16-bit grayscale PNG, small on the wire (a smooth ramp), 10 bytes a pixel to decode."""
+    ramp = np.linspace(0, 65535, side, dtype=np.uint16)
+    buffer = io.BytesIO()
+    Image.fromarray(np.broadcast_to(ramp, (side, side)).copy()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class PeakRSS:
+    """The server's RSS, sampled every 10 ms while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.before = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRSS:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.thread.join()
+
+
+def test_big_16_bit_images_decode_within_the_budget_and_small_requests_pass_them(server):
+    """Six 16-bit 4000x4000 PNGs (160 MiB each to decode; the budget is 256 MiB): they decode one
+    at a time on their own thread, the server's memory stays within the budget, is handed back
+    afterwards, and a small request sent meanwhile is answered first, at once."""
+    files = [("image", (f"{i}.png", png16(4000), "image/png")) for i in range(6)]
+    small: dict = {}
+
+    def send_small() -> None:
+        time.sleep(0.3)
+        started = time.monotonic()
+        response = httpx.post(
+            server.base + "/predict", content=image_bytes(), headers={"content-type": "image/jpeg"}
+        )
+        small.update(
+            status=response.status_code, seconds=time.monotonic() - started, done=time.monotonic()
+        )
+
+    thread = threading.Thread(target=send_small)
+    with PeakRSS(server.process.pid) as rss:
+        thread.start()
+        started = time.monotonic()
+        big = httpx.post(server.base + "/predict", files=files, timeout=120)
+        big_done = time.monotonic()
+        thread.join()
+    assert big.status_code == 200, big.text
+    assert small["status"] == 200 and small["done"] < big_done, (small, big_done - started)
+    assert small["seconds"] < 3.0, small
+    peak = (rss.peak - rss.before) / MiB
+    assert peak < 350, f"peak RSS grew by {peak:.0f} MiB"
+    time.sleep(0.5)
+    kept = (server.rss - rss.before) / MiB
+    assert kept < 100, f"RSS stayed {kept:.0f} MiB higher after the request"
+
+
+def test_one_image_over_the_budget_is_413(server):
+    response = httpx.post(
+        server.base + "/predict", content=png16(5000), headers={"content-type": "image/png"}
+    )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "image_too_large"
+    assert "MiB" in response.json()["error"]["message"]

@@ -83,12 +83,10 @@ def test_a_model_that_fails_to_load_ends_the_process_non_zero(tmp_path):
     server = launch({}, models=f"alexnet:none,resnet18:{tmp_path / 'missing.pt'}")
     started = time.monotonic()
     try:
-        output, _ = server.process.communicate(timeout=60)
+        code = server.process.wait(timeout=60)
+        output = server.output()
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.communicate()
-    code = server.process.returncode
+        server.close()
     assert code == 1, output
     assert time.monotonic() - started < 30
     assert "missing.pt" in output and "failed to load" in output
@@ -122,6 +120,4 @@ def test_sigint_also_exits_0(signal_name):
         server.process.send_signal(getattr(signal, signal_name))
         assert server.process.wait(timeout=20) == 0
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-        server.process.communicate(timeout=30)
+        server.close()
