@@ -8,6 +8,7 @@ psutil every 20 ms) and its RSS afterwards. Every request loop is bounded in cou
     python -m bench.hardening                                  # every case, this tree
     python -m bench.hardening --source /tmp/old --only json    # one group, an older checkout
     python -m bench.hardening --targets 10000 --big-images 16  # the full-size reproductions
+    python -m bench.hardening --only big_images --env MALLOC_ARENA_MAX=2   # an allocator setting
 
 Cases that change the server's state for good (signals, abandoned work) start a server of their
 own. The heavy ones (``targets``, ``big_images``) take gigabytes on unprotected code: run them
@@ -20,150 +21,19 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import io
 import json
-import os
-import resource
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
-import psutil
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def jpeg(size: int = 320) -> bytes:
-    buffer = io.BytesIO()
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def png16(side: int) -> bytes:
-    """A 16-bit grayscale PNG of ``side`` x ``side``, small on the wire (a smooth gradient)."""
-    path = Path(f"/tmp/bench-hardening-png16-{side}.png")
-    if not path.exists():
-        row = np.linspace(0, 65535, side, dtype=np.uint16)
-        Image.fromarray(np.broadcast_to(row, (side, side)).copy()).save(path, "PNG")
-    return path.read_bytes()
-
-
-class Server:
-    """``python -m service`` from ``source``, its RSS sampled in the background."""
-
-    def __init__(
-        self, source: Path, env: dict[str, str] | None = None, nofile: int | None = None
-    ) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        models = "efficientnet_lite0,alexnet:none"
-        environment = {**os.environ, "PYTHONPATH": str(source), **(env or {})}
-
-        def limits() -> None:
-            if nofile:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.log = open(f"/tmp/bench-hardening-{self.port}.log", "w+")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(self.port), "--models", models],
-            cwd=source,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limits,
-        )
-        self.ps = psutil.Process(self.process.pid)
-        deadline = time.monotonic() + 180
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(self.output())
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base + "/readyz", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("server not ready")
-            time.sleep(0.2)
-        self.peak = 0
-        self._sampling = True
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
-
-    def _sample(self) -> None:
-        while self._sampling:
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.ps.memory_info().rss)
-            time.sleep(0.02)
-
-    def rss(self) -> int:
-        return self.ps.memory_info().rss
-
-    def reset_peak(self) -> int:
-        self.peak = rss = self.rss()
-        return rss
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        self._sampling = False
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-@contextlib.contextmanager
-def serving(args: argparse.Namespace, **kwargs) -> Iterator[Server]:
-    server = Server(args.source, **kwargs)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-MB = 1024 * 1024
-
-
-def post(server: Server, path: str, timeout: float = 300, **kwargs) -> dict:
-    server.reset_peak()
-    before = server.rss()
-    started = time.monotonic()
-    try:
-        response = httpx.post(server.base + path, timeout=timeout, **kwargs)
-    except httpx.HTTPError as error:
-        return {"error": repr(error), "seconds": round(time.monotonic() - started, 2)}
-    seconds = time.monotonic() - started
-    figures = {
-        "status": response.status_code,
-        "seconds": round(seconds, 2),
-        "answer_bytes": len(response.content),
-        "rss_before_mb": round(before / MB),
-        "peak_rss_mb": round(server.peak / MB),
-        "peak_growth_mb": round((server.peak - before) / MB),
-    }
-    with contextlib.suppress(ValueError, KeyError, TypeError):
-        error = response.json()["error"]
-        figures["code"] = error["code"]
-        figures["message_chars"] = len(error["message"])
-    return figures
-
+from bench.hardening_server import MB, ROOT, Server, jpeg, png16, post, serving
+from tests.service.realserver import closed_within
 
 # -- cases ----------------------------------------------------------------------------------------
 
@@ -338,15 +208,9 @@ def case_sigterm_queue(args) -> dict:
         return figures
 
 
-def _closed_after(sock: socket.socket, cap: float) -> float | str:
-    started = time.monotonic()
-    sock.settimeout(cap)
-    try:
-        while sock.recv(4096):
-            pass
-        return round(time.monotonic() - started, 2)
-    except (TimeoutError, OSError):
-        return f">{cap:g}"
+def _closed(sock: socket.socket, cap: float) -> float | str:
+    seconds = closed_within(sock, cap)
+    return f">{cap:g}" if seconds is None else round(seconds, 2)
 
 
 def case_connections(args) -> dict:
@@ -359,9 +223,7 @@ def case_connections(args) -> dict:
         with contextlib.ExitStack() as stack:
             results: dict = {}
             threads = [
-                threading.Thread(
-                    target=lambda s=s, k=k: results.__setitem__(k, _closed_after(s, 30))
-                )
+                threading.Thread(target=lambda s=s, k=k: results.__setitem__(k, _closed(s, 30)))
                 for k, s in (("idle", idle), ("half_headers", half))
             ]
             for thread in threads:
@@ -522,6 +384,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", type=Path, default=ROOT, help="source tree to run")
     parser.add_argument("--only", nargs="*", help=f"cases: {', '.join([*SHARED, *OWN])}")
+    parser.add_argument("--env", nargs="*", help="KEY=VALUE for the server's environment")
     parser.add_argument("--targets", type=int, default=10_000)
     parser.add_argument("--big-images", type=int, default=16)
     parser.add_argument("--big-side", type=int, default=8000)

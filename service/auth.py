@@ -8,6 +8,7 @@ constant time, every configured key against the one sent, and never logged or ec
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -52,12 +53,12 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         note(scope, code="unauthorized")
-        body = _json_bytes(
+        body = json.dumps(
             error_body(
                 "unauthorized",
                 "an API key is needed: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             )
-        )
+        ).encode("utf-8")
         await send(
             {
                 "type": "http.response.start",
@@ -82,8 +83,3 @@ def _sent_key(scope: Scope) -> bytes | None:
                 return credentials.strip()
     return None
 
-
-def _json_bytes(body: dict) -> bytes:
-    import json
-
-    return json.dumps(body).encode("utf-8")

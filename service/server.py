@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Generator
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -49,7 +49,7 @@ class GuardedProtocol(HttpToolsProtocol):
     open connections and JSON error bodies. Limits come from :attr:`settings`, set by
     :func:`server_config`."""
 
-    settings: Settings = Settings()
+    settings: ClassVar[Settings]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.opened = time.monotonic()

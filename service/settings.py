@@ -160,12 +160,18 @@ class Settings(BaseSettings):
         return batch_threads, torch_threads
 
     def api_key_set(self) -> frozenset[str]:
-        """The configured API keys (empty: no key needed), read from the file if one is named."""
+        """The configured API keys (empty: no key needed), read from the file if one is named
+        (a value starting with ``/``, ``./`` or ``~``; a missing file is an error, never a key).
+
+        Raises:
+            OSError: the named file cannot be read.
+            ValueError: no key in it.
+        """
         if not self.api_keys or not self.api_keys.strip():
             return frozenset()
         text = self.api_keys.strip()
-        if os.path.sep in text and os.path.isfile(text):
-            with open(text, encoding="utf-8") as file:
+        if text.startswith(("/", "./", "../", "~")):
+            with open(os.path.expanduser(text), encoding="utf-8") as file:
                 keys = [line.strip() for line in file if not line.lstrip().startswith("#")]
         else:
             keys = [key.strip() for key in text.split(",")]

@@ -4,13 +4,19 @@ by cost with an honest Retry-After, and the whole-request deadline."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
 
 from service import Settings, create_app
-from tests.service.conftest import assert_error, b64, image_bytes, running_client
+from tests.service.conftest import (
+    assert_error,
+    b64,
+    blocked,
+    eventually,
+    image_bytes,
+    running_client,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -120,26 +126,6 @@ async def test_an_undecodable_image_message_shows_no_python_object(client):
 
 
 # -- the queue admits by cost --------------------------------------------------------------------------
-
-
-def blocked(worker) -> tuple[threading.Event, threading.Event]:
-    gate, started = threading.Event(), threading.Event()
-    real_run = worker._run
-
-    def run(task, inputs, targets):
-        started.set()
-        gate.wait(30)
-        return real_run(task, inputs, targets)
-
-    worker._run = run
-    return gate, started
-
-
-async def eventually(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_the_queue_counts_score_cam_by_its_forward_passes_and_says_how_long():
