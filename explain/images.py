@@ -7,6 +7,7 @@ import io
 import logging
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,11 +160,7 @@ def open_image(
     if min_side is not None and image.format == "JPEG" and min(width, height) > 4 * min_side:
         factor = 2 * min_side / min(width, height)
         image.draft(None, (math.ceil(width * factor), math.ceil(height * factor)))
-    try:
-        rotated = image.getexif().get(_ORIENTATION, 1) not in (1, None)
-    except Exception:  # Pillow raises many kinds on malformed EXIF; then it is not applied
-        rotated = False
-    cost = decode_bytes(*image.size, image.mode, rotated)
+    cost = decode_bytes(*image.size, image.mode, _may_rotate(image))
     if limits.max_decode_bytes is not None and cost > limits.max_decode_bytes:
         raise ImageTooLargeError(
             f"{where} is {width}x{height} in mode {image.mode}: decoding it takes about "
@@ -171,6 +168,21 @@ def open_image(
             "may use; send it smaller or as 8-bit RGB"
         )
     return OpenedImage(image, index, cost, warnings)
+
+
+def _may_rotate(image: Image.Image) -> bool:
+    """Whether EXIF may ask for a rotation, from the header alone: ``getexif()`` would decode a
+    PNG whole to look for an eXIf chunk after the pixels, so a PNG without one before them counts
+    as rotated (an upper bound on its cost)."""
+    raw = image.info.get("exif")
+    if raw is None:
+        return image.format == "PNG"
+    try:
+        exif = Image.Exif()
+        exif.load(raw if isinstance(raw, bytes) else bytes(raw))
+        return exif.get(_ORIENTATION, 1) not in (1, None)
+    except Exception:  # Pillow raises many kinds on malformed EXIF; then it is not applied
+        return False
 
 
 def load_image(opened: OpenedImage) -> DecodedImage:
@@ -236,8 +248,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB":
         return image
     if image.mode in (*_WIDE_INTEGER, "I", "F"):
-        gray = Image.fromarray(_to_uint8(image))
-        image.close()
+        gray = Image.fromarray(_to_uint8(image))  # closes ``image`` as soon as it can
         return gray.convert("RGB")
     if image.mode == "P":
         converted = image.convert("RGBA" if "transparency" in image.info else "RGB")
@@ -253,18 +264,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _to_uint8(image: Image.Image) -> np.ndarray:
-    """16-bit and 32-bit integer or float pixels to 8 bits, in place on one copy."""
+    """16-bit and 32-bit integer or float pixels to 8 bits; ``image`` is closed once its pixels
+    are copied out. 16-bit pixels keep their high byte, read straight from the raw bytes."""
+    if image.mode in _WIDE_INTEGER:
+        width, height = image.size
+        big_endian = image.mode == "I;16B" or (image.mode == "I;16N" and sys.byteorder == "big")
+        raw = image.tobytes()
+        image.close()
+        high = np.frombuffer(raw, dtype=np.uint8)[0 if big_endian else 1 :: 2]
+        return np.ascontiguousarray(high).reshape(height, width)
     values = np.array(image)
+    image.close()
     if image.mode == "F":
         np.nan_to_num(values, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         return np.clip(values, 0, 255, out=values).astype(np.uint8)
     if image.mode == "I" and values.max(initial=0) <= 255:  # 8-bit data stored wide
         return np.clip(values, 0, 255, out=values).astype(np.uint8)
-    if values.dtype.kind == "i":
-        np.clip(values, 0, None, out=values)
+    np.clip(values, 0, None, out=values)
     np.right_shift(values, 8, out=values)
-    if image.mode == "I":
-        np.clip(values, 0, 255, out=values)
+    np.clip(values, 0, 255, out=values)
     return values.astype(np.uint8)
 
 

@@ -82,4 +82,3 @@ def _sent_key(scope: Scope) -> bytes | None:
             if scheme.lower() == b"bearer" and credentials.strip():
                 return credentials.strip()
     return None
-

@@ -192,8 +192,10 @@ class ModelWorker:
         cost: float = 1.0,
         chunk: int | None = None,
     ) -> list[Future[JobResult[Any]]]:
-        """Queue the images as jobs of at most ``chunk`` images (default: a batch), all or none,
-        at ``cost`` forward passes per image. Cancelling a job's future takes it off the queue.
+        """Queue the images as jobs of at most ``chunk`` images, all or none, at ``cost`` forward
+        passes per image. The default chunk is a batch's worth of forward passes (one image for a
+        method that runs the model many times), so that work given up is dropped in small steps.
+        Cancelling a job's future takes it off the queue.
 
         Raises:
             QueueFullError: the queue has no room for their cost.
@@ -201,7 +203,7 @@ class ModelWorker:
         """
         if len(inputs) != len(targets):
             raise ValueError(f"targets has {len(targets)} entries for {len(inputs)} images")
-        size = max(1, chunk or self._max_batch)
+        size = max(1, chunk or int(self._max_batch / max(cost, 1.0)))
         jobs = [
             Job(task, inputs[i : i + size], targets[i : i + size], cost * len(inputs[i : i + size]))
             for i in range(0, len(inputs), size)
