@@ -34,11 +34,21 @@ __all__ = ["serve"]
 # -- the shared path ------------------------------------------------------------------------------
 
 
+def _json_integers(value: Any) -> Any:
+    """JSON's integers as Python ints: ``2.0`` is an integer in JSON Schema's sense, which strict
+    validation would refuse (a float field still takes it, as an int)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_json_integers(item) for item in value]
+    return value
+
+
 def _merge_options(query: BaseModel, sent: dict[str, Any]) -> BaseModel:
     """Options from the query string and, for the JSON form, from the body; the same option in
     both places with different values is refused rather than one silently winning. A JSON
     ``null`` is an option not given."""
-    sent = {name: value for name, value in sent.items() if value is not None}
+    sent = {name: _json_integers(value) for name, value in sent.items() if value is not None}
     if not sent:
         return query
     try:  # JSON has real types: `true` is no integer, "5" no number

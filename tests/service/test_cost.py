@@ -90,12 +90,18 @@ async def test_every_malformed_json_is_400_invalid_json(client, case):
 
 @pytest.mark.parametrize(
     "options",
-    [{"top_k": True}, {"top_k": "5"}, {"top_k": 2.0}, {"target": [True]}, {"return_cam": 1}],
-    ids=["top_k true", "top_k string", "top_k float", "target true", "return_cam 1"],
+    [{"top_k": True}, {"top_k": "5"}, {"top_k": 2.5}, {"target": [True]}, {"return_cam": 1}],
+    ids=["top_k true", "top_k string", "top_k fraction", "target true", "return_cam 1"],
 )
 async def test_json_options_have_strict_types(client, options):
     response = await client.post("/gradcam", json=body(**options))
     assert_error(response, 422, "invalid_option")
+
+
+async def test_an_integral_json_number_is_an_integer(client):
+    response = await client.post("/gradcam", json=body(top_k=2.0, target=[285.0], alpha=1))
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["explanations"][0]["index"] == 285
 
 
 @pytest.mark.parametrize(
