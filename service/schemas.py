@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
+    "NAME_LENGTH",
     "CamValues",
     "ClassScore",
     "CommonOptions",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from service.errors import ErrorBody
 from service.routes.deps import StateDep
-from service.schemas import ModelDetail, ModelInfo
+from service.schemas import NAME_LENGTH, ModelDetail, ModelInfo
 
 router = APIRouter(tags=["models"])
 
@@ -23,6 +25,8 @@ async def list_models(state: StateDep) -> list[dict]:
     response_model=ModelDetail,
     responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}},
 )
-async def model_detail(name: str, state: StateDep) -> dict:
+async def model_detail(
+    name: Annotated[str, Path(min_length=1, max_length=NAME_LENGTH)], state: StateDep
+) -> dict:
     """One model, with every hookable layer and its output shape for the model's input size."""
     return state.model(name).loaded.describe(with_layers=True)

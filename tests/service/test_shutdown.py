@@ -93,7 +93,7 @@ def test_a_model_that_fails_to_load_ends_the_process_non_zero(tmp_path):
 
 
 def test_partial_start_keeps_the_other_models_serving(tmp_path):
-    env = {"EXPLAIN_ALLOW_PARTIAL_START": "true"}
+    env = {"EXPLAIN_ALLOW_PARTIAL_START": "true", "EXPLAIN_LOG_FORMAT": "json"}
     with running(env, models=f"alexnet:none,resnet18:{tmp_path / 'missing.pt'}") as server:
         ready = httpx.get(server.base + "/readyz").json()
         assert ready["status"] == "partial" and ready["models"] == ["alexnet"]
@@ -108,6 +108,11 @@ def test_partial_start_keeps_the_other_models_serving(tmp_path):
             headers={"content-type": "image/jpeg"},
         )
         assert failed.status_code == 503 and failed.json()["error"]["code"] == "not_ready"
+        time.sleep(0.2)
+        lines = [json.loads(line) for line in server.output().splitlines() if line.strip()]
+        access = [line for line in lines if line["logger"] == "service.access"]
+        assert access[-1]["path"] == "/predict" and access[-1]["code"] == "not_ready"
+        assert access[-1]["status"] == 503 and access[-1]["client"].startswith("127.0.0.1:")
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT"])
