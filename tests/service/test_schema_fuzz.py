@@ -56,8 +56,14 @@ def test_schemathesis_finds_nothing(tmp_path):
             capture_output=True,
             text=True,
             timeout=MAX_SECONDS + 120,
-            cwd=root,
-            env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.service.schema_hooks"},
+            cwd=tmp_path,  # its cache is written there, not into the checkout
+            env={
+                **os.environ,
+                "SCHEMATHESIS_HOOKS": "tests.service.schema_hooks",
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(root), os.environ.get("PYTHONPATH")])
+                ),
+            },
         )
     summary = result.stdout[-6000:]
     assert result.returncode == 0, summary
