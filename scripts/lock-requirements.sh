@@ -28,12 +28,26 @@ docker run --rm --network host --user 0 \
     freeze > /tmp/service.in
     pip install --quiet --constraint /tmp/debian.txt "/tmp/project[test]"
     freeze | grep -vxFf /tmp/service.in > /tmp/test.in
+    # Direct requirements that Debian already provides (psutil comes with python3-torch) are not
+    # installed into the virtual environment: the header names them with Debian'"'"'s version.
+    python - /tmp/project/pyproject.toml > /tmp/provided.txt <<"PY"
+import importlib.metadata as metadata, re, sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+groups = {"service": project["dependencies"], "test": project["optional-dependencies"]["test"]}
+debian = {d.metadata["Name"].lower(): d.version for d in metadata.distributions(path=["/usr/lib/python3/dist-packages"])}
+venv = {d.metadata["Name"].lower() for d in metadata.distributions(path=[p for p in sys.path if "/opt/venv/" in p])}
+for group, requirements in groups.items():
+    for requirement in requirements:
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower()
+        if name in debian and name not in venv:
+            print(f"{group} {name}=={debian[name]}")
+PY
     pip install --quiet uv==0.13.9
     for name in service test; do
       SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt uv pip compile --quiet --no-deps \
         --generate-hashes --no-annotate --python-version 3.13 --no-header "/tmp/$name.in" -o "/tmp/$name.txt"
       { echo "# Pinned with hashes by scripts/lock-requirements.sh against Debian trixie packages:"
-        echo "# $(tr "\n" " " < /tmp/debian.txt)"
+        echo "# $({ cat /tmp/debian.txt; awk -v g="$name" '"'"'$1 == g { print $2 }'"'"' /tmp/provided.txt; } | sort -fu | tr "\n" " ")"
         cat "/tmp/$name.txt"; } > "/out/$name.txt"
       chown "$HOST_UID:$HOST_GID" "/out/$name.txt"
     done

@@ -2,20 +2,29 @@
 
 Flags override the ``EXPLAIN_*`` environment variables. One process serves one copy of each model;
 scale with more processes (containers), not uvicorn workers.
+
+Exit status: 0 after a SIGTERM or SIGINT (running batches get ``EXPLAIN_SHUTDOWN_TIMEOUT_S`` to
+finish), 1 when a model fails to load (unless ``EXPLAIN_ALLOW_PARTIAL_START=true``), 2 for a
+configuration that cannot work (an unknown model name).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import sys
-
-import uvicorn
+import threading
 
 from explain.errors import ExplainError
 from explain.models import get_entry, parse_spec
+from service.accesslog import configure_logging
 from service.app import create_app
+from service.server import GracefulServer, server_config
 from service.settings import Settings
+
+log = logging.getLogger("service")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,34 +47,53 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    settings = Settings(
-        **{
-            **defaults.model_dump(),
-            "host": args.host,
-            "port": args.port,
-            "models": args.models,
-            "log_level": args.log_level,
-        }
-    )
-    try:  # fail fast on names that cannot load, before binding the port
-        for spec in settings.models:
+    try:
+        settings = Settings(
+            **{
+                **defaults.model_dump(),
+                "host": args.host,
+                "port": args.port,
+                "models": args.models,
+                "log_level": args.log_level,
+            }
+        )
+        settings.api_key_set()
+        for spec in settings.models:  # fail fast on names that cannot load, before binding
             get_entry(parse_spec(spec)[0])
-    except (ExplainError, ValueError) as error:
+    except (ExplainError, ValueError, OSError) as error:
         print(f"python -m service: {error}", file=sys.stderr)
         return 2
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        workers=1,
-        access_log=False,
-    )
-    return 0
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    state = app.state.service
+    server = GracefulServer(server_config(app, settings), on_signal=state.begin_shutdown)
+
+    def fatal(error: str) -> None:
+        log.error(
+            "a model failed to load; exiting (EXPLAIN_ALLOW_PARTIAL_START=true keeps the others)"
+        )
+        server.should_exit = True
+
+    state.on_fatal = fatal
+    asyncio.run(server.serve())
+    code = 1 if state.failed and not settings.allow_partial_start else 0
+    if server.signalled is None and not state.failed and not server.started:
+        code = 1  # could not bind, or the lifespan failed
+    _exit_now_if_stuck(code)
+    return code
+
+
+def _exit_now_if_stuck(code: int) -> None:
+    """A batch still running past the shutdown deadline must not hold the process: its threads
+    are daemons, but the decoding pools are joined at interpreter exit."""
+    stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
+    if any(t.name.startswith(("io", "decode-large", "model-")) for t in stuck):
+        log.warning("exiting with work still running on %s", ", ".join(t.name for t in stuck))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

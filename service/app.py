@@ -2,53 +2,26 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.accesslog import RequestLogMiddleware
+from service.auth import ApiKeyMiddleware
 from service.errors import install_error_handlers
-from service.metrics import Metrics
+from service.openapi import bound_schema
 from service.routes import explain, models, ops
 from service.settings import Settings
 from service.state import ServiceState
 
 __all__ = ["create_app"]
-
-
-class MetricsMiddleware:
-    """Counts every HTTP request and times it, labelled by route (not by raw path)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,7 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            state.stop()
+            state.begin_shutdown()
+            # Off the event loop: running batches finish while the loop answers what is left.
+            await asyncio.to_thread(state.stop, state.shutdown_left())
 
     app = FastAPIOffline(
         title="explain-service",
@@ -73,7 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.service = state
     install_error_handlers(app, on_error=lambda code: state.metrics.errors.labels(code).inc())
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(
+        ApiKeyMiddleware, keys=settings.api_key_set(), protect_metrics=settings.protect_metrics
+    )
+    app.add_middleware(RequestLogMiddleware, metrics=state.metrics)  # outermost: sees every answer
     app.include_router(explain.router)
     app.include_router(models.router)
     app.include_router(ops.router)
@@ -90,4 +68,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def favicon() -> FileResponse:
         return FileResponse(str(static.joinpath("favicon.ico")), media_type="image/x-icon")
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            app.openapi_schema = bound_schema(schema, settings)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -20,9 +20,9 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.errors import ApiError
+from service.errors import ApiError, quote
 
-__all__ = ["RequestImages", "read_images"]
+__all__ = ["BodyBuffers", "RequestImages", "parse_json", "read_body", "read_images"]
 
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _WHITESPACE = re.compile(rb"\s+")
@@ -39,17 +39,45 @@ class RequestImages:
     form: str = "raw"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it exceeds ``limit`` bytes."""
+class BodyBuffers:
+    """Bytes of request bodies being received at once, across every request, within ``limit``:
+    uploads that stall just short of their end cannot pin memory without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise ApiError(
+                503,
+                "overloaded",
+                "too many request bodies are being received at once; retry shortly",
+                {"Retry-After": "1", "Connection": "close"},
+            )
+        self.used += size
+
+    def give_back(self, size: int) -> None:
+        self.used -= size
+
+
+async def read_body(request: Request, limit: int, buffers: BodyBuffers | None = None) -> bytes:
+    """The whole body, refused with 413 as soon as it exceeds ``limit`` bytes; while it arrives,
+    its bytes count against ``buffers``."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(int(declared), limit)
+    buffers = buffers or BodyBuffers(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            buffers.take(len(chunk))
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(size, limit)
+            chunks.append(chunk)
+    finally:
+        buffers.give_back(size)
     return b"".join(chunks)
 
 
@@ -59,7 +87,9 @@ def _too_large(size: int, limit: int) -> ApiError:
     )
 
 
-async def read_images(request: Request, *, max_body: int, max_images: int) -> RequestImages:
+async def read_images(
+    request: Request, *, max_body: int, max_images: int, buffers: BodyBuffers | None = None
+) -> RequestImages:
     """Read the images of a request in any of the three forms.
 
     Raises:
@@ -67,9 +97,9 @@ async def read_images(request: Request, *, max_body: int, max_images: int) -> Re
             images, invalid JSON or base64), 422 (multipart fields other than ``image``).
     """
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, max_body)
+    body = await read_body(request, max_body, buffers)
     if media_type == "multipart/form-data":
-        parsed = await _multipart(request, body, max_body)
+        parsed = await _multipart(request, body, max_body, max_images)
     elif media_type == "application/json" or media_type.endswith("+json"):
         parsed = _json(body, max_images)
     elif media_type.startswith("image/") or media_type in _RAW_TYPES:
@@ -92,15 +122,29 @@ async def read_images(request: Request, *, max_body: int, max_images: int) -> Re
     return parsed
 
 
-async def _multipart(request: Request, body: bytes, max_body: int) -> RequestImages:
+async def _multipart(
+    request: Request, body: bytes, max_body: int, max_images: int
+) -> RequestImages:
     async def stream():  # type: ignore[no-untyped-def]
         yield body
 
-    parser = MultiPartParser(request.headers, stream(), max_part_size=max_body)
+    parser = MultiPartParser(
+        request.headers,
+        stream(),
+        max_part_size=max_body,
+        max_files=max_images,
+        max_fields=max_images,
+    )
     parser.spool_max_size = max_body  # keep parts in memory: the body already is
     try:
         form = await parser.parse()
     except MultiPartException as error:
+        if error.message.startswith(("Too many files", "Too many fields")):
+            raise ApiError(
+                413,
+                "too_many_images",
+                f"more than {max_images} parts sent; the limit is {max_images}",
+            ) from None
         raise ApiError(
             400, "invalid_multipart", f"the multipart body cannot be parsed: {error.message}"
         ) from None
@@ -111,7 +155,8 @@ async def _multipart(request: Request, body: bytes, max_body: int) -> RequestIma
                 raise ApiError(
                     422,
                     "unexpected_field",
-                    f"multipart field {name!r} is not accepted: images go in parts named 'image', "
+                    f"multipart field {quote(name)} is not accepted: images go in parts named "
+                    "'image', "
                     "options in the query string",
                 )
             if isinstance(value, UploadFile):
@@ -124,10 +169,7 @@ async def _multipart(request: Request, body: bytes, max_body: int) -> RequestIma
 
 
 def _json(body: bytes, max_images: int) -> RequestImages:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {error}") from None
+    payload = parse_json(body)
     if not isinstance(payload, dict):
         raise ApiError(
             400, "invalid_json", 'the JSON body must be an object: {"images": [...], ...}'
@@ -142,6 +184,30 @@ def _json(body: bytes, max_images: int) -> RequestImages:
             413, "too_many_images", f"{len(images)} images sent; the limit is {max_images}"
         )
     return RequestImages([_base64(item, i) for i, item in enumerate(images)], payload, form="json")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON value of ``body``: UTF-8, standard JSON only (no NaN or Infinity).
+
+    Raises:
+        ApiError: 400 ``invalid_json`` for anything that does not parse, however it fails
+            (bad bytes, syntax, nesting too deep, integers of thousands of digits).
+    """
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError as error:
+        reason = f"it is not UTF-8 (byte {error.start})"
+    except RecursionError:
+        reason = "it is nested too deeply"
+    except json.JSONDecodeError as error:
+        reason = f"{error.msg} at line {error.lineno} column {error.colno}"
+    except ValueError as error:  # e.g. an integer over Python's digit limit
+        reason = str(error).split(";")[0][:200]
+    raise ApiError(400, "invalid_json", f"the body is not valid JSON: {reason}")
 
 
 def _base64(text: str, index: int) -> bytes:

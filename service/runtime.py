@@ -4,12 +4,17 @@ Requests become *jobs* (a task, an input batch, per-image targets). The worker t
 job, gathers the waiting jobs with an equal task (same kind, method and layers) up to
 ``max_batch`` images, waiting at most ``max_wait`` after the oldest one arrived, and runs them as one
 model call. While a batch runs, new jobs queue up, so under load batches fill without waiting.
-The queue is bounded in images; a job that does not fit is refused at once (:class:`QueueFullError`).
+
+The queue is bounded by cost, not by images: each job carries its cost in forward passes of the
+model, and a request whose jobs do not fit is refused at once (:class:`QueueFullError`), with an
+estimate of how long the queued work takes at the rate the worker has measured. A cancelled job
+leaves the queue at once and is never run.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -32,7 +37,11 @@ Runner = Callable[[Hashable, torch.Tensor, list[Any]], Sequence[Output]]
 
 
 class QueueFullError(Exception):
-    """The model's queue cannot take the job now; retry later."""
+    """The model's queue cannot take the job now; retry after :attr:`wait_seconds`."""
+
+    def __init__(self, message: str, wait_seconds: float) -> None:
+        super().__init__(message)
+        self.wait_seconds = wait_seconds
 
 
 class WorkerStoppedError(Exception):
@@ -60,6 +69,8 @@ class Job:
     task: Hashable
     inputs: torch.Tensor
     targets: list[Any]
+    cost: float = 1.0
+    """Forward passes of the model the whole job takes."""
     future: Future[JobResult[Any]] = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -76,11 +87,13 @@ class ModelWorker:
         run: Runs one batch; see :data:`Runner`.
         max_batch: Most images per batch (a single larger job runs alone).
         max_wait: Seconds a batch may wait for more jobs after its oldest job arrived.
-        queue_size: Most images waiting; beyond it :meth:`submit` raises :class:`QueueFullError`.
+        queue_size: Most work waiting, in forward passes; beyond it :meth:`submit` raises
+            :class:`QueueFullError` (an empty queue takes any job, so that every job can run).
         threads: Batches run at once, each on its own thread (``run`` must allow it). On a small
             CPU model, two single-threaded batches in parallel can beat one batch on two threads.
         on_batch: Told of each batch run: ``(task, images, requests, seconds)``.
-        on_depth: Told of the number of images waiting whenever it changes.
+        on_depth: Told of the number of images and the cost waiting whenever they change.
+        rate: The forward passes per second expected before any batch has been measured.
     """
 
     def __init__(
@@ -93,7 +106,8 @@ class ModelWorker:
         queue_size: int,
         threads: int = 1,
         on_batch: Callable[[Hashable, int, int, float], None] = lambda *args: None,
-        on_depth: Callable[[int], None] = lambda depth: None,
+        on_depth: Callable[[int, float], None] = lambda images, cost: None,
+        rate: float = 10.0,
     ) -> None:
         self.name = name
         self._run = run
@@ -104,6 +118,10 @@ class ModelWorker:
         self._on_depth = on_depth
         self._pending: deque[Job] = deque()
         self._waiting_images = 0
+        self._waiting_cost = 0.0
+        self._running_cost = 0.0
+        self._threads_count = threads
+        self._rate = rate  # forward passes per second, all threads together
         self._condition = threading.Condition()
         self._stopping = False
         self._threads = [
@@ -115,55 +133,115 @@ class ModelWorker:
         for thread in self._threads:
             thread.start()
 
-    def stop(self, timeout: float | None = 30.0) -> None:
-        """Refuse new jobs, fail the waiting ones, let the running batch finish."""
+    def close(self) -> None:
+        """Refuse new jobs and fail the waiting ones; running batches go on to the end."""
         with self._condition:
             self._stopping = True
             abandoned = list(self._pending)
             self._pending.clear()
-            self._set_waiting(0)
+            self._set_waiting(0, 0.0)
             self._condition.notify_all()
         for job in abandoned:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(
                     WorkerStoppedError(f"model {self.name!r} is shutting down")
                 )
+
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """:meth:`close`, then wait up to ``timeout`` seconds for the running batches to end.
+
+        Returns:
+            Whether every worker thread ended in time.
+        """
+        self.close()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             if thread.is_alive():
-                thread.join(timeout)
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
 
     @property
     def waiting_images(self) -> int:
         return self._waiting_images
 
+    @property
+    def waiting_cost(self) -> float:
+        return self._waiting_cost
+
+    @property
+    def rate(self) -> float:
+        """Forward passes per second, all batch threads together, as last measured."""
+        return self._rate
+
+    def wait_estimate(self, extra: float = 0.0) -> float:
+        """Seconds until the queued and running work, plus ``extra``, is done at the measured rate."""
+        return (self._waiting_cost + self._running_cost + extra) / self._rate
+
     def submit(
-        self, task: Hashable, inputs: torch.Tensor, targets: list[Any]
+        self, task: Hashable, inputs: torch.Tensor, targets: list[Any], cost: float = 1.0
     ) -> Future[JobResult[Any]]:
-        """Queue a job; the future resolves to its outputs or to the exception that stopped it.
+        """Queue a job of ``cost`` forward passes per image; the future resolves to its outputs
+        or to the exception that stopped it. See :meth:`submit_many`."""
+        return self.submit_many(task, inputs, targets, cost, chunk=len(inputs))[0]
+
+    def submit_many(
+        self,
+        task: Hashable,
+        inputs: torch.Tensor,
+        targets: list[Any],
+        cost: float = 1.0,
+        chunk: int | None = None,
+    ) -> list[Future[JobResult[Any]]]:
+        """Queue the images as jobs of at most ``chunk`` images, all or none, at ``cost`` forward
+        passes per image. The default chunk is a batch's worth of forward passes (one image for a
+        method that runs the model many times), so that work given up is dropped in small steps.
+        Cancelling a job's future takes it off the queue.
 
         Raises:
-            QueueFullError: the queue has no room for ``len(inputs)`` more images.
+            QueueFullError: the queue has no room for their cost.
             WorkerStoppedError: the worker is stopping.
         """
-        job = Job(task, inputs, targets)
+        if len(inputs) != len(targets):
+            raise ValueError(f"targets has {len(targets)} entries for {len(inputs)} images")
+        size = max(1, chunk or int(self._max_batch / max(cost, 1.0)))
+        jobs = [
+            Job(task, inputs[i : i + size], targets[i : i + size], cost * len(inputs[i : i + size]))
+            for i in range(0, len(inputs), size)
+        ]
+        total = sum(job.cost for job in jobs)
         with self._condition:
             if self._stopping:
                 raise WorkerStoppedError(f"model {self.name!r} is shutting down")
-            if self._waiting_images and self._waiting_images + job.size > self._queue_size:
+            if self._pending and self._waiting_cost + total > self._queue_size:
                 raise QueueFullError(
-                    f"model {self.name!r} has {self._waiting_images} images waiting "
-                    f"(limit {self._queue_size})"
+                    f"model {self.name!r} has {math.ceil(self._waiting_cost)} forward passes of "
+                    f"work waiting and this request adds {math.ceil(total)} "
+                    f"(limit {self._queue_size})",
+                    self.wait_estimate(),
                 )
-            self._pending.append(job)
-            self._set_waiting(self._waiting_images + job.size)
-            self._condition.notify()
-        return job.future
+            for job in jobs:
+                self._pending.append(job)
+            self._set_waiting(self._waiting_images + len(inputs), self._waiting_cost + total)
+            self._condition.notify_all()
+        for job in jobs:
+            job.future.add_done_callback(lambda future, job=job: self._forget(job, future))
+        return [job.future for job in jobs]
+
+    def _forget(self, job: Job, future: Future[Any]) -> None:
+        """A cancelled job leaves the queue at once: its cost no longer counts, it never runs."""
+        if not future.cancelled():
+            return
+        with self._condition:
+            if job in self._pending:
+                self._pending.remove(job)
+                self._set_waiting(self._waiting_images - job.size, self._waiting_cost - job.cost)
 
     # -- the worker thread ------------------------------------------------------------------------
 
-    def _set_waiting(self, images: int) -> None:
+    def _set_waiting(self, images: int, cost: float) -> None:
         self._waiting_images = images
-        self._on_depth(images)
+        self._waiting_cost = max(0.0, cost) if images else 0.0
+        self._on_depth(images, self._waiting_cost)
 
     def _select(self, task: Hashable) -> list[Job]:
         chosen: list[Job] = []
@@ -193,14 +271,35 @@ class ModelWorker:
                 self._condition.wait(remaining)
             for job in batch:
                 self._pending.remove(job)
-            self._set_waiting(self._waiting_images - sum(job.size for job in batch))
+            self._set_waiting(
+                self._waiting_images - sum(job.size for job in batch),
+                self._waiting_cost - sum(job.cost for job in batch),
+            )
             return batch
 
     def _loop(self) -> None:
         while (batch := self._next_batch()) is not None:
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if live:
+            if not live:
+                continue
+            cost = sum(job.cost for job in live)
+            with self._condition:
+                self._running_cost += cost
+            started = time.perf_counter()
+            try:
                 self._execute(live)
+            finally:
+                seconds = time.perf_counter() - started
+                with self._condition:
+                    self._running_cost -= cost
+                    if seconds > 0:
+                        self.measured(cost, seconds)
+
+    def measured(self, cost: float, seconds: float) -> None:
+        """Fold one batch of ``cost`` forward passes that took ``seconds`` on one thread into the
+        rate (a moving average; the threads run side by side)."""
+        sample = cost / seconds * self._threads_count
+        self._rate = 0.7 * self._rate + 0.3 * sample
 
     def _execute(self, jobs: list[Job]) -> None:
         task = jobs[0].task

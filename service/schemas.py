@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
+    "NAME_LENGTH",
     "CamValues",
     "ClassScore",
     "CommonOptions",
@@ -33,6 +34,11 @@ __all__ = [
 
 # -- options ----------------------------------------------------------------------------------------
 
+NAME_LENGTH = 200
+"""Longest model, layer, method, colour-map name or class label an option may carry."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=NAME_LENGTH)]
+
 
 class CommonOptions(BaseModel):
     """Options every explanation endpoint takes. Unknown options are refused, not ignored."""
@@ -41,6 +47,8 @@ class CommonOptions(BaseModel):
 
     model: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=NAME_LENGTH,
         description="A loaded model's name (`GET /models`); default: the server's default.",
     )
     top_k: int | None = Field(
@@ -63,34 +71,40 @@ def _split_commas(values: Any) -> Any:
 
 
 class FeatureMapOptions(CommonOptions):
-    layers: list[str] | None = Field(
+    layers: list[Name] | None = Field(
         default=None,
+        min_length=1,
         description="Layers to show (repeat the parameter or separate with commas), as listed by "
         "`GET /models/{name}`; default: the model's feature stages.",
     )
     max_channels: int = Field(
-        default=64, ge=1, le=4096, description="Channels (tiles) shown per layer."
+        default=64,
+        ge=1,
+        description="Channels (tiles) shown per layer, at most the server's limit "
+        "(EXPLAIN_MAX_CHANNELS, 256 by default).",
     )
 
     _layers = field_validator("layers", mode="before")(_split_commas)
 
 
 class GradCAMOptions(CommonOptions):
-    method: str = Field(
+    method: Name = Field(
         default="gradcam",
         description="gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam (the strongest "
         "EXPLAIN_SCORECAM_MAX_CHANNELS channels), eigencam, or cam (models whose head is global "
         "average pooling + one linear layer).",
     )
-    layer: str | None = Field(
+    layer: Name | None = Field(
         default=None, description="Target layer; default: the map that feeds the global pooling."
     )
-    target: list[int | str] | None = Field(
+    target: list[Annotated[int, Field(ge=0)] | Name] | None = Field(
         default=None,
-        description="Class index or label to explain; repeat for several classes. Default: top-1.",
+        min_length=1,
+        description="Class index or label to explain; repeat for several classes, at most the "
+        "server's limit (EXPLAIN_MAX_TARGETS, 16 by default). Default: top-1.",
     )
     alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Heatmap opacity in the overlay.")
-    colormap: str = Field(default="jet", description="A matplotlib colour map name.")
+    colormap: Name = Field(default="jet", description="A matplotlib colour map name.")
     return_cam: bool = Field(
         default=False,
         description="Also return the raw map (layer resolution, ReLU, divided by its max).",

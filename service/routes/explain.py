@@ -22,20 +22,34 @@ from service.schemas import (
 
 router = APIRouter(tags=["explain"])
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before retrying.",
+        "schema": {"type": "integer"},
+    }
+}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {
         "model": ErrorBody,
         "description": "Not a decodable image, invalid base64 or JSON, "
         "an extreme aspect ratio, no images.",
     },
+    401: {"model": ErrorBody, "description": "An API key is needed (when keys are configured)."},
     404: {"model": ErrorBody, "description": "Unknown model, layer, method or class label."},
-    413: {"model": ErrorBody, "description": "Body, image pixels or image count over the limit."},
+    408: {"model": ErrorBody, "description": "The request body did not arrive in time."},
+    413: {
+        "model": ErrorBody,
+        "description": "Body, image pixels or decoding memory, image count, targets or layers "
+        "over the limit.",
+    },
     415: {"model": ErrorBody, "description": "A content type that is none of the three forms."},
     422: {"model": ErrorBody, "description": "An option out of range or not applicable."},
     503: {
         "model": ErrorBody,
-        "description": "Not ready yet, or saturated: retry after Retry-After.",
+        "description": "Not ready yet, saturated, or shutting down: retry after Retry-After.",
+        "headers": _RETRY_AFTER,
     },
+    504: {"model": ErrorBody, "description": "The request could not be answered in time."},
 }
 
 
@@ -46,31 +60,32 @@ def _request_body(options: type[BaseModel]) -> dict[str, Any]:
         "images": {
             "type": "array",
             "items": {"type": "string", "contentEncoding": "base64"},
+            "minItems": 1,
             "description": "Base64 images; a data:image/...;base64, prefix is accepted.",
         },
         **json_schema["properties"],
     }
     json_schema["required"] = ["images"]
+    json_schema["additionalProperties"] = False
+    binary = {"type": "string", "format": "binary"}
     return {
         "requestBody": {
             "required": True,
             "description": "Images as multipart parts named `image` (options in the query), as a "
-            "JSON object (options beside `images`), or one raw image body (options in the query).",
+            "JSON object (options beside `images`), or one raw image body (options in the query) "
+            "as `image/*` or `application/octet-stream`.",
             "content": {
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "properties": {
-                            "image": {
-                                "type": "array",
-                                "items": {"type": "string", "format": "binary"},
-                            }
-                        },
+                        "properties": {"image": {"type": "array", "items": binary, "minItems": 1}},
                         "required": ["image"],
+                        "additionalProperties": False,
                     }
                 },
                 "application/json": {"schema": json_schema},
-                "image/*": {"schema": {"type": "string", "format": "binary"}},
+                "image/*": {"schema": binary},
+                "application/octet-stream": {"schema": binary},
             },
         }
     }

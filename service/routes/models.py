@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from service.errors import ErrorBody
 from service.routes.deps import StateDep
-from service.schemas import LabelList, MethodList, ModelDetail, ModelInfo
+from service.schemas import NAME_LENGTH, LabelList, MethodList, ModelDetail, ModelInfo
 
 router = APIRouter(tags=["models"])
 
@@ -23,7 +23,9 @@ async def list_models(state: StateDep) -> list[dict]:
 
 
 @router.get("/models/{name}", response_model=ModelDetail, responses=_UNKNOWN)
-async def model_detail(name: str, state: StateDep) -> dict:
+async def model_detail(
+    name: Annotated[str, Path(min_length=1, max_length=NAME_LENGTH)], state: StateDep
+) -> dict:
     """One model, with every hookable layer and its output shape for the model's input size, and
     every CAM method with its cost at the default layer."""
     served = state.model(name)
@@ -40,7 +42,7 @@ async def model_detail(name: str, state: StateDep) -> dict:
     },
 )
 async def model_methods(
-    name: str,
+    name: Annotated[str, Path(min_length=1, max_length=NAME_LENGTH)],
     state: StateDep,
     layer: Annotated[
         str | None, Query(description="A spatial layer; default: the model's CAM layer.")
@@ -54,7 +56,9 @@ async def model_methods(
 
 
 @router.get("/models/{name}/labels", response_model=LabelList, responses=_UNKNOWN)
-async def model_labels(name: str, state: StateDep) -> dict:
+async def model_labels(
+    name: Annotated[str, Path(min_length=1, max_length=NAME_LENGTH)], state: StateDep
+) -> dict:
     """The model's class labels by index (what /gradcam's ``target`` matches)."""
     served = state.model(name)
     return {"model": served.name, "labels": list(served.loaded.labels)}

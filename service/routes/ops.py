@@ -19,10 +19,13 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "Models are loading, or loading failed."}})
 async def readyz(state: StateDep) -> JSONResponse:
-    """200 once every configured model is loaded and warmed up, 503 before."""
-    body = {"status": state.status, "models": list(state.models)}
+    """200 once every configured model is loaded and warmed up (``partial`` when some failed and
+    partial start is allowed), 503 before and while shutting down."""
+    body: dict = {"status": state.status, "models": list(state.models)}
     if state.error:
         body["error"] = state.error
+    if state.failed:
+        body["failed"] = dict(state.failed)
     status = 200 if state.ready else 503
     headers = {} if state.ready else {"Retry-After": str(state.settings.retry_after_seconds)}
     return JSONResponse(body, status_code=status, headers=headers)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -81,3 +84,25 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     assert set(body) == {"error"} and body["error"]["code"] == code, body
     assert body["error"]["message"] and "Traceback" not in body["error"]["message"]
     return body["error"]
+
+
+async def eventually(condition, timeout: float = 30.0) -> None:
+    """Wait (on the event loop) until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def blocked(worker) -> tuple[threading.Event, threading.Event]:
+    """Make ``worker``'s batches wait for ``gate``; ``started`` is set when the first one runs."""
+    gate, started = threading.Event(), threading.Event()
+    real_run = worker._run
+
+    def run(task, inputs, targets):
+        started.set()
+        gate.wait(30)
+        return real_run(task, inputs, targets)
+
+    worker._run = run
+    return gate, started

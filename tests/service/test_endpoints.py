@@ -263,7 +263,12 @@ async def test_docs_work_offline(client):
         "return_cam",
     }
     content = gradcam["requestBody"]["content"]
-    assert set(content) == {"multipart/form-data", "application/json", "image/*"}
+    assert set(content) == {
+        "multipart/form-data",
+        "application/json",
+        "image/*",
+        "application/octet-stream",
+    }
     assert "images" in content["application/json"]["schema"]["properties"]
     features = {p["name"] for p in schema["paths"]["/featuremaps"]["post"]["parameters"]}
     assert features == {"model", "top_k", "layers", "max_channels"}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 import service.state
 from service import Settings, create_app
-from tests.service.conftest import assert_error, image_bytes, running_client
+from tests.service.conftest import assert_error, blocked, eventually, image_bytes, running_client
 
 pytestmark = pytest.mark.anyio
 
@@ -74,13 +73,6 @@ async def test_a_model_that_fails_to_load_keeps_the_service_unready(tmp_path):
         assert "does not exist" in error["message"]
 
 
-async def eventually(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_a_full_queue_answers_503_with_retry_after_and_recovers():
     app = create_app(
         Settings(
@@ -93,15 +85,7 @@ async def test_a_full_queue_answers_503_with_retry_after_and_recovers():
     )
     async with running_client(app) as client:
         worker = app.state.service.models["alexnet"].worker
-        gate, started = threading.Event(), threading.Event()
-        real_run = worker._run
-
-        def blocked_run(task, inputs, targets):
-            started.set()
-            gate.wait(30)
-            return real_run(task, inputs, targets)
-
-        worker._run = blocked_run
+        gate, started = blocked(worker)
         post = lambda: client.post("/predict", content=image_bytes(), headers=JPEG)  # noqa: E731
         first = asyncio.ensure_future(post())
         await eventually(started.is_set)

@@ -106,7 +106,7 @@ def test_a_full_queue_refuses_and_recovers():
     running = worker.submit(Task("a"), job(0), [None])
     assert runner.started.wait(5)
     waiting = [worker.submit(Task("a"), job(i), [None]) for i in (1, 2, 3)]
-    with pytest.raises(QueueFullError, match="3 images waiting"):
+    with pytest.raises(QueueFullError, match="3 forward passes of work waiting"):
         worker.submit(Task("a"), job(4), [None])
     assert worker.waiting_images == 3
     gate.set()

@@ -1,0 +1,122 @@
+"""``python -m service`` in a subprocess on a free loopback port, for the tests that need the real
+process: signals, exit codes, sockets, timeouts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO
+
+import httpx
+import psutil
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RealServer:
+    process: subprocess.Popen
+    port: int
+    log: IO[str]
+    """The process's output (a file: a pipe nobody reads would fill up and block it)."""
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def rss(self) -> int:
+        return psutil.Process(self.process.pid).memory_info().rss
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def terminate(self) -> float:
+        """SIGTERM; returns the moment it was sent (``time.monotonic``)."""
+        sent = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        return sent
+
+    def output(self) -> str:
+        """What the process wrote so far."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def close(self) -> None:
+        """Kill the process if it still runs, and release its log."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
+def launch(env: dict[str, str], models: str = "alexnet:none") -> RealServer:
+    port = free_port()
+    log = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by close())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port), "--models", models],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **env},
+        text=True,
+    )
+    return RealServer(process, port, log)
+
+
+def wait_ready(server: RealServer, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.process.poll() is None, server.output()  # it ended: say why
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(server.base + "/readyz", timeout=5).status_code == 200:
+                return
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running(env: dict[str, str], models: str = "alexnet:none") -> Iterator[RealServer]:
+    """A ready server; killed afterwards if a test left it running."""
+    server = launch(env, models)
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        server.close()
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (or ``timeout``)."""
+    sock.settimeout(timeout)
+    data = b""
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def closed_within(sock: socket.socket, timeout: float) -> float | None:
+    """Seconds until the server closes ``sock``, or None if it is still open after ``timeout``."""
+    started = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return None
+    except OSError:
+        pass
+    return time.monotonic() - started
