@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -65,13 +66,14 @@ def test_options_are_checked_when_the_plan_is_made(loaded, endpoint, options, er
         make_plan(endpoint, loaded, **options)
 
 
-def test_a_model_without_default_layers_needs_one():
-    model = load_model("vit_b_16:none")
-    try:
-        with pytest.raises(LayerRequiredError, match="vit_b_16"):
-            make_plan("gradcam", model)
-    finally:
-        model.close()
+def test_a_model_without_default_layers_needs_one(loaded):
+    # Every registered architecture has defaults now; a model registered without them has none.
+    bare = dataclasses.replace(loaded, target_layer=None, feature_layers=[])
+    with pytest.raises(LayerRequiredError, match="no default CAM layer"):
+        make_plan("gradcam", bare)
+    with pytest.raises(LayerRequiredError, match="no default feature layers"):
+        make_plan("featuremaps", bare)
+    assert make_plan("gradcam", bare, layer="layer3").task.layer == "layer3"
 
 
 def test_gradcam_record_draws_its_pictures_when_encoded(loaded, chelsea):
