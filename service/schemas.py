@@ -139,7 +139,9 @@ class PredictResponse(BaseModel):
 
 class FeatureMap(BaseModel):
     layer: str
-    shape: list[int] = Field(description="(C, H, W) of the layer's map (transformer outputs reshaped).")
+    shape: list[int] = Field(
+        description="(C, H, W) of the layer's map (transformer outputs reshaped)."
+    )
     channels_shown: int
     png: str = Field(description="Base64 PNG: the channels as a grid of grayscale tiles.")
 
