@@ -20,14 +20,12 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import pytorch_grad_cam as pgc
 import torch
 import torchvision
 from captum.attr import LayerGradCam
 from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputSoftmaxTarget,
-    ClassifierOutputTarget,
 )
 
 from explain.faithfulness import score_maps
@@ -124,21 +122,7 @@ def transformer_table() -> None:
             ours = torch.cat(
                 get_method("scorecam")(hooks, layer, max_channels=channels)(x, targets).maps
             )
-        cam = pgc.ScoreCAM(
-            model=model,
-            target_layers=[module],
-            reshape_transform=transformers.strongest_channels(reshape, channels),
-        )
-        cam.batch_size = 32
-        try:
-            with torch.no_grad():
-                cam.activations_and_grads(x)
-            activations = cam.activations_and_grads.activations[0].numpy()
-            wanted = [ClassifierOutputTarget(t) for t in targets]
-            raw = cam.get_cam_image(x, module, wanted, activations, None, False)
-        finally:
-            cam.activations_and_grads.release()
-        theirs = torch.from_numpy(np.asarray(raw, dtype=np.float32))
+        theirs = transformers.reference_scorecam(model, layer, reshape, x, targets)
         rows.setdefault((f"scorecam ({channels} strongest channels)", "grad-cam"), []).append(
             f"{difference(ours, theirs):.1e}"
         )
