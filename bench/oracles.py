@@ -58,11 +58,16 @@ def cnn_cases():
         yield name, model, layer, oracle_layer(model), x, targets
 
 
-def print_table(title: str, columns: list[str], rows: dict[tuple[str, str], list[str]]) -> None:
+def print_table(
+    title: str, columns: list[str], rows: dict[tuple[str, str], list[str] | dict[str, str]]
+) -> None:
+    """Rows of cells in column order, or by column name (missing ones left blank)."""
     print(f"\n{title}\n")
     print("| method | oracle | " + " | ".join(columns) + " |")
     print("| --- | --- | " + " | ".join("---:" for _ in columns) + " |")
     for (method, oracle), cells in rows.items():
+        if isinstance(cells, dict):
+            cells = [cells.get(column, "") for column in columns]
         print(f"| {method} | {oracle} | " + " | ".join(cells) + " |")
 
 
@@ -88,7 +93,7 @@ def cnn_table() -> None:
 
 
 def transformer_table() -> None:
-    rows: dict[tuple[str, str], list[str]] = {}
+    rows: dict[tuple[str, str], dict[str, str]] = {}
     fast_path = torch.backends.mha.get_fastpath_enabled()
     for name, (layer, reshape, targets) in sorted(transformers.CASES.items()):
         torch.manual_seed(0)
@@ -113,7 +118,7 @@ def transformer_table() -> None:
                     if method == "eigencam":
                         theirs = theirs * torch.sign((ours * theirs).sum(dim=(1, 2)))[:, None, None]
                     label = method + (" (attention fast path on)" if fast else "")
-                    rows.setdefault((label, "grad-cam"), []).append(
+                    rows.setdefault((label, "grad-cam"), {})[name] = (
                         f"{difference(ours, theirs):.1e}"
                     )
         torch.backends.mha.set_fastpath_enabled(False)
@@ -123,7 +128,7 @@ def transformer_table() -> None:
                 get_method("scorecam")(hooks, layer, max_channels=channels)(x, targets).maps
             )
         theirs = transformers.reference_scorecam(model, layer, reshape, x, targets)
-        rows.setdefault((f"scorecam ({channels} strongest channels)", "grad-cam"), []).append(
+        rows.setdefault((f"scorecam ({channels} strongest channels)", "grad-cam"), {})[name] = (
             f"{difference(ours, theirs):.1e}"
         )
     torch.backends.mha.set_fastpath_enabled(fast_path)
