@@ -112,3 +112,13 @@ def test_task_cost_counts_forward_passes(loaded):
     assert runner.cost(make_plan("gradcam", loaded).task) == 1.0
     assert runner.cost(make_plan("gradcam", loaded, method="scorecam").task) == 1.0 + 128
     assert TaskRunner(loaded).cost(make_plan("gradcam", loaded, method="scorecam").task) == 513.0
+    # A recording forward pass (1.2) and a backward pass to the input per class (1.7), measured.
+    guided = make_plan("gradcam", loaded, method="guided_backprop").task
+    assert runner.cost(guided) == pytest.approx(2.9)
+    assert runner.cost(guided, targets=3) == pytest.approx(1.2 + 3 * 1.7)
+    assert runner.cost(make_plan("gradcam", loaded, method="guided_gradcam").task) == pytest.approx(
+        3.9
+    )
+    # Faithfulness: 2 baselines per image, 31 perturbed images per class.
+    scored = make_plan("gradcam", loaded, faithfulness=True).task
+    assert runner.cost(scored) == 1.0 + 33 and runner.cost(scored, targets=2) == 1.0 + 2 + 62
