@@ -96,7 +96,10 @@ class TaskRunner:
 
     def method(self, name: str, layer: str | None) -> CAMMethod:
         """The method instance for ``(name, layer)``, made once (methods keep no per-call state,
-        so the model's worker threads share it)."""
+        so the model's worker threads share it). A method that explains at the input
+        (``guided_backprop``) ignores ``layer``, so a caller may ask every method at one layer."""
+        if not get_method(name).needs_layer:
+            layer = None
         key = (name, layer)
         with self._lock:
             if key not in self._methods:
@@ -111,7 +114,7 @@ class TaskRunner:
         """
         if isinstance(task, CAMTask):
             channels = 0
-            if task.layer is not None:
+            if task.layer is not None and get_method(task.method).needs_layer:
                 info = self.loaded.layers.check(task.layer, spatial=True)
                 assert info.map_shape is not None  # checked spatial; not input validation
                 channels = info.map_shape[0]

@@ -22,7 +22,7 @@ from explain.images import prepare_image
 from explain.models import load_model
 from explain.records import PICTURE_FIELDS, Picture, make_plan, map_pictures, render_record
 from explain.render import UnknownColormapError
-from explain.tasks import TaskRunner
+from explain.tasks import CAMTask, TaskRunner
 from tests.conftest import photo
 
 
@@ -116,6 +116,9 @@ def test_task_cost_counts_forward_passes(loaded):
     guided = make_plan("gradcam", loaded, method="guided_backprop").task
     assert runner.cost(guided) == pytest.approx(2.9)
     assert runner.cost(guided, targets=3) == pytest.approx(1.2 + 3 * 1.7)
+    # Asked at a layer, as a caller that lists every method at one layer does: the layer is moot.
+    assert runner.cost(CAMTask("guided_backprop", "layer4")) == pytest.approx(2.9)
+    assert runner.method("guided_backprop", "layer4") is runner.method("guided_backprop", None)
     assert runner.cost(make_plan("gradcam", loaded, method="guided_gradcam").task) == pytest.approx(
         3.9
     )
