@@ -7,11 +7,18 @@ each median to the plain forward's.
     python -m bench.methods                          # resnet50 + efficientnet_lite0, batch 1 and 8
     python -m bench.methods --models resnet50 --batches 1 --rounds 5 --no-scorecam
     python -m bench.methods --only "ours: gradcam" --rounds 60 --json bench/out/gradcam_cost.json
+    python -m bench.methods --models resnet50 efficientnet_lite0 vit_b_16 --no-scorecam \
+        --only guided "gradcam +" "ours: gradcam" --rounds 15 --json bench/out/new_methods.json
 
 Contenders: a plain forward under ``torch.inference_mode()`` (with our inert hooks attached, and on
-an unhooked copy), our ``gradcam``, ``gradcam++``, ``layercam``, ``scorecam``, ``eigencam`` and
-feature maps, and the reference libraries' Grad-CAM: pytorch-grad-cam (``grad-cam``), captum's
-``LayerGradCam`` and torchcam's ``GradCAM``, each used the way its documentation shows.
+an unhooked copy), our ``gradcam``, ``gradcam++``, ``layercam``, ``scorecam``, ``eigencam``,
+``guided_backprop``, ``guided_gradcam`` (models whose activations are ReLU or ReLU6), Grad-CAM with
+``faithfulness=True`` (the model task the service runs) and feature maps, and the reference
+libraries' Grad-CAM: pytorch-grad-cam (``grad-cam``), captum's ``LayerGradCam`` and torchcam's
+``GradCAM``, each used the way its documentation shows. On a ViT the layer is its default (the last
+block's ``ln_1``), pytorch-grad-cam gets the reshape its documentation asks for, and captum's and
+torchcam's Grad-CAM, which have no reshape, are left out. Score-CAM and the faithfulness scores run
+a few rounds only (``--slow-rounds``): they cost tens to thousands of forward passes.
 """
 
 from __future__ import annotations
@@ -27,11 +34,18 @@ from pathlib import Path
 
 import torch
 
+from explain.errors import MethodNotApplicableError
 from explain.featuremaps import capture_feature_maps
 from explain.methods import get_method
 from explain.models import get_entry, load_model
+from explain.tasks import CAMTask, TaskRunner
 
-SPECS = {"resnet50": "resnet50:none", "efficientnet_lite0": "efficientnet_lite0"}
+SPECS = {
+    "resnet50": "resnet50:none",
+    "efficientnet_lite0": "efficientnet_lite0",
+    "vit_b_16": "vit_b_16:none",
+}
+SLOW = ("ours: scorecam", "ours: gradcam + faithfulness")
 
 
 def reference_model(loaded) -> torch.nn.Module:
@@ -68,6 +82,16 @@ def contenders(
         "ours: eigencam": lambda: ours["eigencam"](x, targets),
         "ours: featuremaps": lambda: capture_feature_maps(loaded.hooks, x, loaded.feature_layers),
     }
+    try:
+        guided = get_method("guided_backprop")(loaded.hooks)
+        guided_gradcam = get_method("guided_gradcam")(loaded.hooks, layer_name)
+        runs["ours: guided_backprop"] = lambda: guided(x, targets)
+        runs["ours: guided_gradcam"] = lambda: guided_gradcam(x, targets)
+    except MethodNotApplicableError:  # GELU in a ViT: no guided rule
+        pass
+    runner = TaskRunner(loaded)
+    task = CAMTask("gradcam", layer_name, faithfulness=True)
+    runs["ours: gradcam + faithfulness"] = lambda: runner(task, x, [[t] for t in targets])
     if scorecam and len(x) == 1:  # one forward per channel and image: minutes at batch 8
         runs["ours: scorecam"] = lambda: ours["scorecam"](x, targets)
 
@@ -76,9 +100,16 @@ def contenders(
 
     # Each library gets its own copy: pytorch-grad-cam and torchcam keep hooks on the model.
     pgc_model = reference_model(loaded)
-    pgc = PGCGradCAM(model=pgc_model, target_layers=[pgc_model.get_submodule(layer_name)])
+    view = loaded.layers.check(layer_name, spatial=True).view
+    pgc = PGCGradCAM(
+        model=pgc_model,
+        target_layers=[pgc_model.get_submodule(layer_name)],
+        reshape_transform=view if view is not None and view.layout != "chw" else None,
+    )
     pgc_targets = [ClassifierOutputTarget(t) for t in targets]
     runs["grad-cam: GradCAM"] = lambda: pgc(input_tensor=x, targets=pgc_targets)
+    if view is not None and view.layout != "chw":  # captum and torchcam need (N, C, H, W) maps
+        return runs
 
     from captum.attr import LayerGradCam
 
@@ -102,7 +133,9 @@ def contenders(
     return runs
 
 
-def measure(runs: dict[str, Callable[[], object]], rounds: int, slow: set[str]) -> dict[str, float]:
+def measure(
+    runs: dict[str, Callable[[], object]], rounds: int, slow: set[str], slow_rounds: int = 1
+) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in runs}
     for name, run in runs.items():  # warm-up
         if name not in slow:
@@ -111,7 +144,7 @@ def measure(runs: dict[str, Callable[[], object]], rounds: int, slow: set[str]) 
     for i in range(rounds):
         for name in names[i % len(names) :] + names[: i % len(names)]:  # rotate: no fixed order
             run = runs[name]
-            if name in slow and i >= 1:
+            if name in slow and i >= slow_rounds:
                 continue
             started = time.perf_counter()
             run()
@@ -124,6 +157,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--slow-rounds", type=int, default=3, help="rounds of Score-CAM and faithfulness"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument(
         "--no-scorecam",
@@ -159,7 +195,7 @@ def main() -> None:
                     for n, r in runs.items()
                     if n.startswith("forward") or any(o in n for o in args.only)
                 }
-            medians = measure(runs, args.rounds, slow={"ours: scorecam"})
+            medians = measure(runs, args.rounds, slow=set(SLOW), slow_rounds=args.slow_rounds)
             base = medians["forward (inert hooks)"]
             print(f"\n{name}, batch {batch} ({args.rounds} rounds, medians)")
             print(f"| {'contender':24} | {'ms':>9} | {'x forward':>9} |")

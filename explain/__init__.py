@@ -2,7 +2,10 @@
 
 - :mod:`explain.hooks`: hooks attached once per model, per-call captures.
 - :mod:`explain.featuremaps`: outputs of any set of layers in one forward pass.
-- :mod:`explain.methods`: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Score-CAM, Eigen-CAM.
+- :mod:`explain.views`: transformer tokens and channels-last grids read as ``(C, h, w)`` maps.
+- :mod:`explain.methods`: CAM, Grad-CAM, Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Score-CAM, Eigen-CAM,
+  Guided Backpropagation, Guided Grad-CAM.
+- :mod:`explain.faithfulness`: confidence change, deletion and insertion AUCs of a map.
 - :mod:`explain.render`: colour maps, overlays, feature-map grids, PNG/base64.
 - :mod:`explain.models`: the model registry.
 """

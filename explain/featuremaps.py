@@ -17,7 +17,8 @@ __all__ = ["FeatureMaps", "capture_feature_maps"]
 class FeatureMaps:
     """Attributes:
     logits: The model's output for the batch.
-    maps: For each requested layer, its ``(N, C, H, W)`` output.
+    maps: For each requested layer, its ``(N, C, H, W)`` output (a transformer layer's tokens or
+        channels-last grid read through its spatial view).
     """
 
     logits: torch.Tensor
@@ -32,10 +33,11 @@ def capture_feature_maps(
     Raises:
         UnknownLayerError: a layer is not hooked.
         AmbiguousLayerError: a layer ran more than once in the pass.
-        LayerNotSpatialError: a layer's output is not ``(N, C, H, W)``.
+        LayerNotSpatialError: a layer's output does not read as a ``(N, C, H, W)`` map.
     """
     model = hooks.model
+    size = inputs.shape[-2:]
     with eval_mode(model), torch.inference_mode(), hooks.capture(layers) as capture:
         logits = model(inputs)
-        maps = {layer: spatial_output(capture, layer) for layer in layers}
+        maps = {layer: spatial_output(capture, layer, size) for layer in layers}
     return FeatureMaps(logits=logits, maps=maps)

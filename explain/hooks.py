@@ -159,6 +159,7 @@ class ModelHooks:
         inputs: Iterable[str] | str = (),
         grad: Iterable[str] | str = (),
         trace: bool = False,
+        modify_grad: Mapping[str, BackwardHook] | None = None,
     ) -> Capture:
         """Open a capture for the current thread or task; use it as a context manager.
 
@@ -174,6 +175,14 @@ class ModelHooks:
                 the output, so downstream in-place operations cannot alter the captured tensor.
             trace: Also record, for every hooked layer, how often it ran and its output shape
                 (metadata only, no tensors).
+            modify_grad: Layer name to ``hook(module, grad_output) -> replacement or None``: a
+                per-call gradient modifier. In every forward pass run inside this capture, each
+                output of the layer that requires gradients gets ``hook`` as a tensor hook, so the
+                gradient flowing back through it is replaced. Unlike a capture of outputs it applies
+                to every run of a module that runs several times per pass (a shared activation),
+                and it works when the module runs in place (``ReLU(inplace=True)``). Forward passes
+                outside this capture (other threads and tasks, or later calls) are not touched; the
+                tensor hooks live and die with this call's autograd graph.
 
         Raises:
             UnknownLayerError: a requested layer is not a submodule of the model.
@@ -182,9 +191,12 @@ class ModelHooks:
         if not self.attached:
             raise RuntimeError("these hooks were closed; create a new ModelHooks")
         outputs, inputs, grad = (_names(x) for x in (outputs, inputs, grad))
-        for name in (*outputs, *inputs, *grad):
+        modifiers = dict(modify_grad or {})
+        for name in (*outputs, *inputs, *grad, *modifiers):
             self.layer(name)
-        return Capture(self, outputs=outputs, inputs=inputs, grad=grad, trace=trace)
+        return Capture(
+            self, outputs=outputs, inputs=inputs, grad=grad, trace=trace, modify_grad=modifiers
+        )
 
     def add_backward_hook(self, layer: str, hook: BackwardHook) -> RemovableHandle:
         """Call ``hook(module, grad_output)`` when a gradient reaches ``layer``'s output.
@@ -225,6 +237,7 @@ class ModelHooks:
             return None
         replaced = None
         for capture in self._captures():
+            capture._modify_gradient(name, module, output)
             kept, replacement = capture._record_output(name, output)
             if replacement is not None:
                 output = replaced = replacement
@@ -250,8 +263,11 @@ class Capture:
         inputs: tuple[str, ...],
         grad: tuple[str, ...],
         trace: bool,
+        modify_grad: Mapping[str, BackwardHook] | None = None,
     ) -> None:
         self.owner = owner
+        self._modifiers = dict(modify_grad or {})
+        self._modified: list[Any] = []
         self._grad_layers = frozenset(grad)
         self._output_layers = frozenset(outputs) | self._grad_layers
         self._input_layers = frozenset(inputs)
@@ -287,6 +303,7 @@ class Capture:
         torch.set_grad_enabled(self._grad_mode_on_enter)
         self._outputs.clear()
         self._inputs.clear()
+        self._modified.clear()
         self._state = "closed"
 
     @property
@@ -318,6 +335,14 @@ class Capture:
         return dict(self._calls)
 
     @property
+    def modified_nodes(self) -> list[Any]:
+        """The autograd nodes (``grad_fn``) of the outputs whose gradients ``modify_grad`` replaces,
+        one per run of a modified layer, in the order they ran."""
+        if self._state != "open":
+            raise RuntimeError("read captured tensors inside the `with` block that opened it")
+        return list(self._modified)
+
+    @property
     def shapes(self) -> Mapping[str, tuple[int, ...] | None]:
         """With ``trace=True``: each layer's output shape (``None`` for non-tensor outputs)."""
         return dict(self._shapes)
@@ -346,6 +371,15 @@ class Capture:
             self._outputs.pop(name, None)
             self._inputs.pop(name, None)
         return count
+
+    def _modify_gradient(self, name: str, module: nn.Module, output: Any) -> None:
+        modifier = self._modifiers.get(name)
+        if modifier is None or not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return
+        # A tensor hook, not a module backward hook: it sees the gradient of this very output,
+        # also when the module ran in place (pytorch/pytorch#61519) or runs again later in the pass.
+        output.register_hook(functools.partial(modifier, module))
+        self._modified.append(output.grad_fn)
 
     def _record_input(self, name: str, args: tuple[Any, ...]) -> None:
         if name not in self._input_layers:

@@ -1,4 +1,8 @@
-"""What a model's layers produce: names, types, output shapes, and which ones can be hooked."""
+"""What a model's layers produce: names, types, output shapes, and which ones can be hooked.
+
+A layer is *spatial* when its output reads as a ``(C, h, w)`` map per image: a convolutional map, or
+a transformer's tokens or channels-last grid through a :class:`~explain.views.SpatialView`.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,16 @@ from torch import nn
 
 from explain.errors import AmbiguousLayerError, LayerNotSpatialError, UnknownLayerError
 from explain.hooks import Capture, ModelHooks
+from explain.views import SpatialActivation, SpatialView, spatial_view
 
-__all__ = ["LayerInfo", "LayerTable", "eval_mode", "inspect_layers", "spatial_output"]
+__all__ = [
+    "LayerInfo",
+    "LayerTable",
+    "eval_mode",
+    "inspect_layers",
+    "spatial_activation",
+    "spatial_output",
+]
 
 
 @contextmanager
@@ -42,17 +54,24 @@ class LayerInfo:
     Attributes:
         name: Dotted module name.
         type: The module's class name.
-        output_shape: Output shape for one image (batch dimension dropped).
+        output_shape: Output shape for one image (batch dimension dropped), as the module emits it.
+        view: How the output reads as a ``(C, h, w)`` map, or ``None`` if it does not.
     """
 
     name: str
     type: str
     output_shape: tuple[int, ...]
+    view: SpatialView | None = None
 
     @property
     def spatial(self) -> bool:
-        """Whether the output is a ``(C, H, W)`` map per image."""
-        return len(self.output_shape) == 3
+        """Whether the output reads as a ``(C, h, w)`` map per image (directly or through a view)."""
+        return self.view is not None
+
+    @property
+    def map_shape(self) -> tuple[int, int, int] | None:
+        """``(C, h, w)`` of the map the output reads as, or ``None``."""
+        return None if self.view is None else self.view.map_shape
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,7 @@ class LayerTable:
         Raises:
             AmbiguousLayerError: the module runs more than once per forward pass.
             UnknownLayerError: no hookable layer has that name (close matches are listed).
-            LayerNotSpatialError: ``spatial`` was asked and the output is not ``(C, H, W)``.
+            LayerNotSpatialError: ``spatial`` was asked and the output is not a ``(C, h, w)`` map.
         """
         if name in self.ambiguous:
             raise AmbiguousLayerError(
@@ -85,8 +104,8 @@ class LayerTable:
             raise UnknownLayerError(name, self.layers)
         if spatial and not info.spatial:
             raise LayerNotSpatialError(
-                f"layer {name!r} outputs shape {list(info.output_shape)} per image, "
-                "not a (C, H, W) map"
+                f"layer {name!r} outputs shape {list(info.output_shape)} per image, which does not "
+                "read as a (C, H, W) map, a channels-last grid or patch tokens"
             )
         return info
 
@@ -98,7 +117,8 @@ class LayerTable:
 def inspect_layers(model: nn.Module, example: torch.Tensor) -> LayerTable:
     """Run one forward pass on ``example`` and describe every named submodule.
 
-    Hooks go on every module for this one pass and are removed before returning.
+    Hooks go on every module for this one pass and are removed before returning. Each output's
+    spatial view is worked out for ``example``'s size (see :func:`~explain.views.spatial_view`).
 
     Args:
         model: The model to inspect.
@@ -112,8 +132,14 @@ def inspect_layers(model: nn.Module, example: torch.Tensor) -> LayerTable:
     ):
         model(example)
         calls, shapes = capture.calls, capture.shapes
+    input_size = tuple(example.shape[-2:])
     layers = {
-        name: LayerInfo(name, type(model.get_submodule(name)).__name__, shape[1:])
+        name: LayerInfo(
+            name,
+            type(model.get_submodule(name)).__name__,
+            shape[1:],
+            spatial_view(shape[1:], input_size),
+        )
         for name, shape in shapes.items()
         if calls[name] == 1 and shape is not None and len(shape) >= 1
     }
@@ -121,13 +147,47 @@ def inspect_layers(model: nn.Module, example: torch.Tensor) -> LayerTable:
     return LayerTable(layers=layers, ambiguous=ambiguous)
 
 
-def spatial_output(capture: Capture, layer: str) -> torch.Tensor:
-    """The ``(N, C, H, W)`` output of ``layer`` in ``capture``.
+def spatial_activation(
+    capture: Capture, layer: str, input_size: tuple[int, int] | torch.Size
+) -> SpatialActivation:
+    """The output of ``layer`` in ``capture``, with its ``(N, C, h, w)`` map for inputs of
+    ``input_size`` (``(H, W)``).
 
     Raises:
-        LayerNotSpatialError: the output is not a tensor of that shape.
+        LayerNotSpatialError: the output does not read as a map.
         AmbiguousLayerError: the layer ran more than once.
     """
+    try:
+        value = capture.output(layer)
+    except TypeError as error:
+        raise LayerNotSpatialError(str(error)) from None
+    view = spatial_view(value.shape[1:], tuple(input_size)) if value.dim() >= 2 else None
+    if view is None:
+        raise LayerNotSpatialError(
+            f"layer {layer!r} outputs shape {list(value.shape[1:])} per image, which does not read "
+            "as a (C, H, W) map, a channels-last grid or patch tokens"
+        )
+    return SpatialActivation.of(value, view)
+
+
+def spatial_output(
+    capture: Capture, layer: str, input_size: tuple[int, int] | torch.Size | None = None
+) -> torch.Tensor:
+    """The ``(N, C, h, w)`` map of ``layer``'s output in ``capture``.
+
+    Args:
+        capture: An open capture that recorded ``layer``.
+        layer: The layer.
+        input_size: ``(H, W)`` of the inputs, to read token and channels-last outputs as maps; without
+            it only ``(N, C, h, w)`` outputs are accepted.
+
+    Raises:
+        LayerNotSpatialError: the output does not read as a map.
+        AmbiguousLayerError: the layer ran more than once.
+    """
+    if input_size is not None:
+        activation = spatial_activation(capture, layer, input_size)
+        return activation.view(activation.captured)
     try:
         value = capture.output(layer)
     except TypeError as error:

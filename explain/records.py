@@ -178,26 +178,43 @@ def plan_gradcam(
     alpha: float = 0.5,
     colormap: str = "jet",
     return_cam: bool = False,
+    faithfulness: bool = False,
     top_k: int | None = None,
 ) -> Plan:
     """Top classes and a class activation map per target class (default: top-1), as a heatmap
-    and an overlay at the model's input size, and optionally the raw map.
+    and an overlay at the model's input size, optionally the raw map, and optionally the map's
+    faithfulness scores (:mod:`explain.faithfulness`; about 33 more forward passes per map).
+
+    ``guided_backprop`` explains at the input pixels and takes no layer (its record's ``layer`` is
+    ``None``); for it and ``guided_gradcam`` the raw map has the input's resolution.
 
     Raises:
         UnknownMethodError, UnknownColormapError, UnknownLabelError, AmbiguousLabelError,
         TargetOutOfRangeError: a name or class that does not exist (or names several).
+        MethodNotApplicableError: a method the model's structure does not allow (guided methods on
+            a model with activations that have no guided rule).
         LayerRequiredError: no layer given and the model has no default CAM layer.
         UnknownLayerError, AmbiguousLayerError, LayerNotSpatialError: a layer that cannot be explained.
-        InvalidOptionError: ``top_k`` or ``alpha`` out of range.
+        InvalidOptionError: ``top_k`` or ``alpha`` out of range, a layer for ``guided_backprop``,
+            ``faithfulness`` not a bool.
     """
     top = _top_k(loaded, top_k)
-    get_method(method)
-    layer = layer or loaded.target_layer
-    if layer is None:
-        raise LayerRequiredError(
-            f"model {loaded.name!r} has no default CAM layer; name one of its spatial layers"
-        )
-    loaded.layers.check(layer, spatial=True)
+    method_class = get_method(method)
+    method_class.check_model(loaded.model)
+    if not method_class.needs_layer:
+        if layer:
+            raise InvalidOptionError(
+                f"{method} explains the input pixels and takes no layer; leave layer out"
+            )
+    else:
+        layer = layer or loaded.target_layer
+        if layer is None:
+            raise LayerRequiredError(
+                f"model {loaded.name!r} has no default CAM layer; name one of its spatial layers"
+            )
+        loaded.layers.check(layer, spatial=True)
+    if not isinstance(faithfulness, bool):
+        raise InvalidOptionError(f"faithfulness must be true or false, got {faithfulness!r}")
     targets = [loaded.labels.resolve(t) for t in target] if target else None
     if not 0.0 <= alpha <= 1.0:
         raise InvalidOptionError(f"alpha must be in [0, 1], got {alpha}")
@@ -220,6 +237,8 @@ def plan_gradcam(
                 ),
                 "heatmap_png": Picture(lambda h=heat_index: h, palette=lut),
             }
+            if output.faithfulness is not None:
+                explanation["faithfulness"] = output.faithfulness[j].as_dict()
             if return_cam:
                 cam = output.cams[j]
                 values = [[round(v, 6) for v in row] for row in cam.tolist()]
@@ -227,7 +246,7 @@ def plan_gradcam(
             explanations.append(explanation)
         return {"top_k": top(output.probabilities), "explanations": explanations}
 
-    return Plan("gradcam", CAMTask(method, layer), targets, render)
+    return Plan("gradcam", CAMTask(method, layer or None, faithfulness), targets, render)
 
 
 _PLANS: dict[str, Callable[..., Plan]] = {

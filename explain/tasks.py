@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 
 from explain.errors import ExplainError
+from explain.faithfulness import Faithfulness, faithfulness_cost, score_maps
 from explain.featuremaps import capture_feature_maps
 from explain.methods import CAMMethod, get_method, method_names, normalize_maps, upsample_maps
 from explain.models import LoadedModel
@@ -31,10 +32,11 @@ class ImageOutput:
     Attributes:
         probabilities: Softmax over the classes, ``(num_classes,)``.
         feature_maps: Layer name to its ``(C, H, W)`` output (feature-map tasks).
-        cams: Maps ``(T, h, w)`` at layer resolution, after ReLU, divided by their maximum
-            (CAM tasks).
+        cams: Maps ``(T, h, w)`` at layer resolution (input resolution for pixel-level methods),
+            after ReLU, divided by their maximum (CAM tasks).
         heatmaps: The same maps upsampled to the input size, ``(T, H, W)`` (CAM tasks).
         targets: The ``T`` classes the maps explain (CAM tasks).
+        faithfulness: The scores of each of the ``T`` heatmaps (CAM tasks that ask for them).
     """
 
     probabilities: torch.Tensor
@@ -42,6 +44,7 @@ class ImageOutput:
     cams: torch.Tensor | None = None
     heatmaps: torch.Tensor | None = None
     targets: list[int] | None = None
+    faithfulness: list[Faithfulness] | None = None
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,13 @@ class FeatureMapTask:
 
 @dataclass(frozen=True)
 class CAMTask:
+    """Class activation maps by ``method`` at ``layer`` (``None`` for methods that explain at the
+    input), and with ``faithfulness`` the scores of :mod:`explain.faithfulness` for each map."""
+
     kind: ClassVar[str] = "gradcam"
     method: str
-    layer: str
+    layer: str | None
+    faithfulness: bool = False
 
 
 class TaskRunner:
@@ -89,9 +96,12 @@ class TaskRunner:
         if loaded.target_layer:
             self(CAMTask("gradcam", loaded.target_layer), example, [None, None])
 
-    def method(self, name: str, layer: str) -> CAMMethod:
+    def method(self, name: str, layer: str | None) -> CAMMethod:
         """The method instance for ``(name, layer)``, made once (methods keep no per-call state,
-        so the model's worker threads share it)."""
+        so the model's worker threads share it). A method that explains at the input
+        (``guided_backprop``) ignores ``layer``, so a caller may ask every method at one layer."""
+        if not get_method(name).needs_layer:
+            layer = None
         key = (name, layer)
         with self._lock:
             if key not in self._methods:
@@ -99,13 +109,19 @@ class TaskRunner:
                 self._methods[key] = get_method(name)(self.loaded.hooks, layer, **options)
             return self._methods[key]
 
-    def cost(self, task: Hashable) -> float:
-        """What ``task`` costs per image, in forward passes of the model (what a queue that admits
-        work by cost counts): 1 for predictions and feature maps, the method's own figure for CAMs.
+    def cost(self, task: Hashable, targets: int = 1) -> float:
+        """What ``task`` costs per image explaining ``targets`` classes, in forward passes of the
+        model (what a queue that admits work by cost counts): 1 for predictions and feature maps,
+        the method's own figure for CAMs, plus the faithfulness scores' when they are asked for.
         """
         if isinstance(task, CAMTask):
-            channels = self.loaded.layers.check(task.layer, spatial=True).output_shape[0]
-            return self.method(task.method, task.layer).cost(channels)
+            channels = 0
+            if task.layer is not None and get_method(task.method).needs_layer:
+                info = self.loaded.layers.check(task.layer, spatial=True)
+                assert info.map_shape is not None  # checked spatial; not input validation
+                channels = info.map_shape[0]
+            cost = self.method(task.method, task.layer).cost(channels, targets)
+            return cost + (faithfulness_cost(targets) if task.faithfulness else 0.0)
         if isinstance(task, PredictTask | FeatureMapTask):
             return 1.0
         raise TypeError(f"unknown task {task!r}")
@@ -166,13 +182,19 @@ class TaskRunner:
         if isinstance(task, CAMTask):
             result = self.method(task.method, task.layer)(inputs, targets)
             probabilities = result.logits.softmax(dim=1)
-            size = self.loaded.preprocess.input_size
-            outputs = []
-            for p, maps, image_targets in zip(
-                probabilities, result.maps, result.targets, strict=True
-            ):
-                cams = normalize_maps(maps)
-                heatmaps = upsample_maps(cams, size)
-                outputs.append(ImageOutput(p, cams=cams, heatmaps=heatmaps, targets=image_targets))
-            return outputs
+            size = tuple(inputs.shape[-2:])
+            cams = [normalize_maps(maps) for maps in result.maps]
+            heatmaps = [
+                image_cams if image_cams.shape[-2:] == size else upsample_maps(image_cams, size)
+                for image_cams in cams
+            ]
+            scores: list[list[Faithfulness] | None] = [None] * len(inputs)
+            if task.faithfulness:
+                scores = list(score_maps(model, inputs, heatmaps, result.targets, probabilities))
+            return [
+                ImageOutput(p, cams=c, heatmaps=h, targets=t, faithfulness=f)
+                for p, c, h, t, f in zip(
+                    probabilities, cams, heatmaps, result.targets, scores, strict=True
+                )
+            ]
         raise TypeError(f"unknown task {task!r}")

@@ -69,6 +69,12 @@ PLAN_OPTIONS: tuple[PlanOption, ...] = (
     PlanOption("alpha", "gradcam: heatmap opacity in the overlay (default 0.5)", float),
     PlanOption("colormap", "gradcam: a matplotlib colour map (default jet)"),
     PlanOption("return_cam", "gradcam: also record the raw map as numbers", None),
+    PlanOption(
+        "faithfulness",
+        "gradcam: also score each map (confidence_change, deletion_auc, insertion_auc; about 33 "
+        "more forward passes per map)",
+        None,
+    ),
 )
 
 

@@ -204,7 +204,7 @@ async def _answer(
     decode_seconds = time.perf_counter() - decode_started
 
     inputs = torch.stack([image.tensor for image in images])
-    cost = served.runner.cost(plan.task)
+    cost = served.runner.cost(plan.task, targets=len(plan.targets or [None]))
     try:
         futures = served.worker.submit_many(plan.task, inputs, [plan.targets] * len(images), cost)
     except QueueFullError as error:

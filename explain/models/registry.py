@@ -250,6 +250,8 @@ class LoadedModel:
                     "type": info.type,
                     "output_shape": list(info.output_shape),
                     "spatial": info.spatial,
+                    "map_shape": None if info.view is None else list(info.view.map_shape),
+                    "layout": None if info.view is None else info.view.layout,
                 }
                 for info in self.layers.layers.values()
             ]

@@ -34,8 +34,8 @@ def _stage_ends(container: str) -> LayerRule:
         prefix = f"{container}."
         for name, info in table.layers.items():
             child = name.removeprefix(prefix)
-            if info.spatial and name.startswith(prefix) and "." not in child:
-                ends[info.output_shape[1:]] = name
+            if info.map_shape is not None and name.startswith(prefix) and "." not in child:
+                ends[info.map_shape[1:]] = name
         return list(ends.values())
 
     return rule
@@ -58,6 +58,37 @@ def _before_pools(container: str) -> LayerRule:
 
 def _last(rule: LayerRule) -> LayerRule:
     return lambda model, table: list(rule(model, table))[-1:]
+
+
+def _then(first: Sequence[str], rule: LayerRule) -> LayerRule:
+    return lambda model, table: [*first, *rule(model, table)]
+
+
+def _vit_blocks(model: nn.Module) -> list[str]:
+    """The encoder blocks of a torchvision ViT, in order."""
+    return [
+        f"encoder.layers.{name}"
+        for name, _ in model.get_submodule("encoder.layers").named_children()
+    ]
+
+
+def _vit_target(model: nn.Module, table: LayerTable) -> list[str]:
+    # torchvision's ViT reads the class token after the final LayerNorm (`encoder.ln`). The last
+    # block's patch-token outputs feed nothing but that per-token LayerNorm and are then dropped,
+    # so the gradient of any class score with respect to them is exactly zero (as it is at
+    # `encoder.ln` and at the last block's `ln_2`, `mlp` and `dropout`); a CAM there is blank.
+    # Patch tokens reach the class token only through the last block's self-attention, whose
+    # keys and values are read from that block's `ln_1`: the last layer where the class score's
+    # gradient reaches every patch token (the layer pytorch-grad-cam recommends for ViTs, too).
+    # tests/explain/test_views.py checks both facts numerically.
+    return [f"{_vit_blocks(model)[-1]}.ln_1"]
+
+
+def _vit_features(model: nn.Module, table: LayerTable) -> list[str]:
+    """The patch embedding, then the blocks that end each quarter of the encoder."""
+    blocks = _vit_blocks(model)
+    quarters = sorted({max(0, (len(blocks) * q) // 4 - 1) for q in range(1, 5)})
+    return ["conv_proj", *(blocks[i] for i in quarters)]
 
 
 _RESNET = ("layer4", ["conv1", "layer1", "layer2", "layer3", "layer4"])
@@ -89,10 +120,17 @@ _FAMILIES: list[tuple[str, tuple[str | LayerRule | None, Sequence[str] | LayerRu
         "inception",
         ("Mixed_7c", ["Conv2d_2b_3x3", "Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]),
     ),
+    # MaxViT's blocks emit (N, C, H, W) maps: each attention layer partitions the map into
+    # windows or grids and puts it back together before it returns. The last block's map is what
+    # the classifier's global average pooling reads, so every position gets the class gradient.
     ("maxvit", ("blocks.3", ["stem"] + [f"blocks.{i}" for i in range(4)])),
-    # Transformers: token sequences (ViT) or channels-last maps (Swin) have no (C, H, W) default.
-    ("vit", (None, [])),
-    ("swin", (None, [])),
+    # ViT: tokens read through their spatial view (class token dropped); see _vit_target.
+    ("vit", (_vit_target, _vit_features)),
+    # Swin: stages emit channels-last (N, H, W, C) grids. Its head is LayerNorm (`norm`), a
+    # permute, global average pooling and one linear layer, so `norm` is the map the pooling
+    # reads, like a CNN's last stage: every position gets the class gradient (Grad-CAM there
+    # equals CAM). Feature maps: the patch embedding and the end of each stage.
+    ("swin", ("norm", _then(["features.0"], _stage_ends("features")))),
 ]
 
 # Builder arguments that make a randomly initialised model match how its pretrained weights run.

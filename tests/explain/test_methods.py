@@ -142,18 +142,25 @@ def test_cam_refuses_heads_that_are_not_gap_plus_linear(resnet18):
         get_method("cam")(hooks, "layer3")(torch.randn(1, 3, 64, 64))
 
 
+def make_method(name: str, hooks: ModelHooks, layer: str):
+    """The method ``name`` at ``layer``, or at the input for methods that take no layer."""
+    method = get_method(name)
+    return method(hooks, layer) if method.needs_layer else method(hooks)
+
+
 @pytest.mark.parametrize("method", sorted(set(method_names()) - {"cam"}))
 def test_a_batch_with_several_targets_equals_one_image_at_a_time(method, small_cnn):
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     targets = [[1, 4, 7], [6], [9, 0]]
     with ModelHooks(small_cnn) as hooks:
-        explain = get_method(method)(hooks, "features.5")
+        explain = make_method(method, hooks, "features.5")
         batched = explain(x, targets)
         for i, image_targets in enumerate(targets):
             single = explain(x[i : i + 1], [image_targets])
             torch.testing.assert_close(batched.maps[i], single.maps[0], rtol=1e-4, atol=1e-6)
     assert batched.targets == targets
-    assert [m.shape for m in batched.maps] == [(len(t), 16, 16) for t in targets]
+    size = 32 if method.startswith("guided") else 16  # pixel-level maps have the input's size
+    assert [m.shape for m in batched.maps] == [(len(t), size, size) for t in targets]
 
 
 @pytest.mark.parametrize("method", method_names())
@@ -164,7 +171,7 @@ def test_no_gradients_are_written_and_train_flags_are_restored(method, small_cnn
     flags = {name: m.training for name, m in small_cnn.named_modules()}
     x = torch.randn(2, 3, 32, 32)
     with ModelHooks(small_cnn) as hooks:
-        explain = get_method(method)(hooks, "features.5")
+        explain = make_method(method, hooks, "features.5")
         result = explain(x, [3, 8])
         assert all(m.shape[0] == 1 for m in result.maps)
         assert all(p.grad is None for p in small_cnn.parameters())

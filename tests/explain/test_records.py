@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -23,7 +24,7 @@ from explain.methods import method_names
 from explain.models import load_model
 from explain.records import PICTURE_FIELDS, Picture, make_plan, map_pictures, render_record
 from explain.render import UnknownColormapError
-from explain.tasks import TaskRunner
+from explain.tasks import CAMTask, TaskRunner
 from tests.conftest import photo
 
 
@@ -67,13 +68,14 @@ def test_options_are_checked_when_the_plan_is_made(loaded, endpoint, options, er
         make_plan(endpoint, loaded, **options)
 
 
-def test_a_model_without_default_layers_needs_one():
-    model = load_model("vit_b_16:none")
-    try:
-        with pytest.raises(LayerRequiredError, match="vit_b_16"):
-            make_plan("gradcam", model)
-    finally:
-        model.close()
+def test_a_model_without_default_layers_needs_one(loaded):
+    # Every registered architecture has defaults now; a model registered without them has none.
+    bare = dataclasses.replace(loaded, target_layer=None, feature_layers=[])
+    with pytest.raises(LayerRequiredError, match="no default CAM layer"):
+        make_plan("gradcam", bare)
+    with pytest.raises(LayerRequiredError, match="no default feature layers"):
+        make_plan("featuremaps", bare)
+    assert make_plan("gradcam", bare, layer="layer3").task.layer == "layer3"
 
 
 def test_gradcam_record_draws_its_pictures_when_encoded(loaded, chelsea):
@@ -112,6 +114,19 @@ def test_task_cost_counts_forward_passes(loaded):
     assert runner.cost(make_plan("gradcam", loaded).task) == 1.0
     assert runner.cost(make_plan("gradcam", loaded, method="scorecam").task) == 1.0 + 128
     assert TaskRunner(loaded).cost(make_plan("gradcam", loaded, method="scorecam").task) == 513.0
+    # A recording forward pass (1.2) and a backward pass to the input per class (1.7), measured.
+    guided = make_plan("gradcam", loaded, method="guided_backprop").task
+    assert runner.cost(guided) == pytest.approx(2.9)
+    assert runner.cost(guided, targets=3) == pytest.approx(1.2 + 3 * 1.7)
+    # Asked at a layer, as a caller that lists every method at one layer does: the layer is moot.
+    assert runner.cost(CAMTask("guided_backprop", "layer4")) == pytest.approx(2.9)
+    assert runner.method("guided_backprop", "layer4") is runner.method("guided_backprop", None)
+    assert runner.cost(make_plan("gradcam", loaded, method="guided_gradcam").task) == pytest.approx(
+        3.9
+    )
+    # Faithfulness: 2 baselines per image, 31 perturbed images per class.
+    scored = make_plan("gradcam", loaded, faithfulness=True).task
+    assert runner.cost(scored) == 1.0 + 33 and runner.cost(scored, targets=2) == 1.0 + 2 + 62
 
 
 def test_methods_described_with_their_cost_at_a_layer(loaded):

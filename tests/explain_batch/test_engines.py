@@ -123,3 +123,24 @@ def test_http_engine_refused_options_exit_2_before_any_work(
     )
     assert code in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_faithfulness_scores_reach_the_records(service_url, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from tests.conftest import photo
+
+    photo("chelsea").save(photos / "chelsea.jpg")
+    options = ["--endpoint", "gradcam", "--faithfulness", "--no-images"]
+    local, http = tmp_path / "local", tmp_path / "http"
+    assert batch(str(photos), "--out", str(local), *options) == 0
+    assert (
+        batch(str(photos), "--out", str(http), *options, "--engine", "http", "--url", service_url)
+        == 0
+    )
+    (mine,) = read_lines(local)[0]["explanations"]
+    (theirs,) = read_lines(http)[0]["explanations"]
+    assert set(mine["faithfulness"]) == {"confidence_change", "deletion_auc", "insertion_auc"}
+    for name, value in mine["faithfulness"].items():
+        assert value == pytest.approx(theirs["faithfulness"][name], abs=0.03), name
+    assert "overlay_file" not in mine and read_run(local)["options"]["faithfulness"] is True

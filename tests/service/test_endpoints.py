@@ -216,6 +216,8 @@ async def test_models_list_and_detail(client):
         "type": "Conv2d",
         "output_shape": [64, 55, 55],
         "spatial": True,
+        "map_shape": [64, 55, 55],
+        "layout": "chw",
     }
     assert layers["classifier.6"]["output_shape"] == [1000]
     resnet = {layer["name"] for layer in (await client.get("/models/resnet18")).json()["layers"]}
@@ -261,6 +263,7 @@ async def test_docs_work_offline(client):
         "alpha",
         "colormap",
         "return_cam",
+        "faithfulness",
     }
     content = gradcam["requestBody"]["content"]
     assert set(content) == {
@@ -272,3 +275,72 @@ async def test_docs_work_offline(client):
     assert "images" in content["application/json"]["schema"]["properties"]
     features = {p["name"] for p in schema["paths"]["/featuremaps"]["post"]["parameters"]}
     assert features == {"model", "top_k", "layers", "max_channels"}
+
+
+# -- guided methods and faithfulness --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "layer"), [("guided_backprop", None), ("guided_gradcam", "_head_act")]
+)
+async def test_guided_methods_answer_at_input_resolution(client, method, layer):
+    response = await client.post(
+        "/gradcam",
+        params={"method": method, "target": [281, 285], "return_cam": "true"},
+        content=image_bytes(),
+        headers={"content-type": "image/jpeg"},
+    )
+    assert response.status_code == 200, response.text
+    explanations = response.json()["results"][0]["explanations"]
+    assert [e["index"] for e in explanations] == [281, 285]
+    for explanation in explanations:
+        assert (explanation["method"], explanation["layer"]) == (method, layer)
+        overlay = png_array(explanation["overlay_png"])
+        heatmap = png_array(explanation["heatmap_png"])
+        assert overlay.shape == heatmap.shape == (224, 224, 3)
+        values = np.array(explanation["cam"]["values"])
+        assert explanation["cam"]["shape"] == [224, 224] and values.shape == (224, 224)
+        assert values.min() >= 0 and values.max() == 1.0
+        assert "faithfulness" not in explanation
+
+
+async def test_faithfulness_scores_come_with_each_explanation(client):
+    response = await client.post(
+        "/gradcam",
+        json={"images": [b64(image_bytes())], "target": ["tabby", 285], "faithfulness": True},
+    )
+    assert response.status_code == 200, response.text
+    explanations = response.json()["results"][0]["explanations"]
+    assert len(explanations) == 2
+    for explanation in explanations:
+        scores = explanation["faithfulness"]
+        assert set(scores) == {"confidence_change", "deletion_auc", "insertion_auc"}
+        assert -1 <= scores["confidence_change"] <= 1
+        assert 0 <= scores["deletion_auc"] <= 1 and 0 <= scores["insertion_auc"] <= 1
+    # The cat classes' evidence is the cat: inserting it back in map order recovers the score
+    # faster than deleting it in that order keeps it.
+    tabby = explanations[0]["faithfulness"]
+    assert tabby["insertion_auc"] > tabby["deletion_auc"]
+    query = await client.post(
+        "/gradcam?faithfulness=true&target=281&method=guided_backprop",
+        content=image_bytes(),
+        headers={"content-type": "image/jpeg"},
+    )
+    assert query.status_code == 200, query.text
+    assert set(query.json()["results"][0]["explanations"][0]["faithfulness"]) == set(tabby)
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"faithfulness": "maybe"}, 422, "invalid_option"),
+        ({"method": "guided_backprop", "layer": "_head_act"}, 422, "invalid_option"),
+        ({"method": "guided_gradcam", "layer": "_fc"}, 422, "layer_not_spatial"),
+        ({"method": "guided_backpropagation"}, 404, "unknown_method"),
+    ],
+)
+async def test_guided_and_faithfulness_options_are_checked(client, params, status, code):
+    response = await client.post(
+        "/gradcam", params=params, content=image_bytes(), headers={"content-type": "image/jpeg"}
+    )
+    assert_error(response, status, code)
