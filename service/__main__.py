@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     state = app.state.service
-    server = GracefulServer(server_config(app, settings), on_signal=state.begin_shutdown)
+    server = GracefulServer(
+        server_config(app, settings),
+        on_signal=state.begin_shutdown,
+        time_left=state.shutdown_left,
+    )
 
     def fatal(error: str) -> None:
         log.error(

@@ -15,8 +15,11 @@ connection (the settings are uvicorn ``Config``-style limits):
 - a response sent before its request body has fully arrived closes the connection, so a stalled
   upload cannot hold it.
 
-:class:`GracefulServer` turns SIGTERM/SIGINT into the service's shutdown: stop accepting, answer
-waiting work with 503 ``shutting_down``, give running batches ``shutdown_timeout_s``, exit 0.
+:class:`GracefulServer` turns SIGTERM/SIGINT into the service's shutdown: take no new work, answer
+waiting work with 503 ``shutting_down``, give running batches ``shutdown_timeout_s``, exit 0. While
+requests are still being answered it keeps its socket open, so a client that connects meanwhile (a
+load balancer that has not yet noticed) gets 503 ``shutting_down`` and retries elsewhere, rather
+than a refused connection; once nothing is being answered, or at the deadline, it closes.
 """
 
 from __future__ import annotations
@@ -209,13 +212,35 @@ class GracefulServer(uvicorn.Server):
     Args:
         config: uvicorn's configuration.
         on_signal: Called on the event loop when the first signal arrives.
+        time_left: Seconds left until the shutdown deadline; the socket stays open (answering 503)
+            while requests are being answered, until then at most.
     """
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+    drain_margin = 0.5
+    """Seconds before the deadline at which the socket closes whatever is still running."""
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_signal: Callable[[], None],
+        time_left: Callable[[], float] = lambda: 0.0,
+    ) -> None:
         super().__init__(config)
         self.on_signal = on_signal
+        self.time_left = time_left
         self.signalled: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        if self.signalled is not None:
+            deadline = time.monotonic() + self.time_left() - self.drain_margin
+            while time.monotonic() < deadline and self._answering():
+                await asyncio.sleep(0.05)
+        await super().shutdown(sockets)
+
+    def _answering(self) -> bool:
+        """Whether a request is being answered on any connection."""
+        return any(getattr(c, "serving", False) for c in self.server_state.connections)
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()

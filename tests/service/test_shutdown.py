@@ -79,6 +79,36 @@ def test_sigterm_with_a_long_queue_finishes_running_work_and_refuses_the_rest():
     assert {status for status, _ in answers} <= {200, 503}, answers
 
 
+def test_a_client_that_connects_during_shutdown_gets_503_not_a_refused_connection():
+    """While running work finishes, the socket stays open and late clients are told to go
+    elsewhere; at the deadline the running request is answered 503 too, and the process exits 0."""
+    env = {**SHUTDOWN, "EXPLAIN_SCORECAM_MAX_CHANNELS": "0", "EXPLAIN_QUEUE_SIZE": "5000"}
+    with running(env, models="efficientnet_lite0") as server:
+        answers: list[httpx.Response] = []
+        body = {"images": [b64(image_bytes())], "method": "scorecam"}  # 1,281 forward passes
+
+        def long_request() -> None:
+            answers.append(httpx.post(server.base + "/gradcam", json=body, timeout=60))
+
+        thread = threading.Thread(target=long_request)
+        thread.start()
+        time.sleep(2.5)  # decoded and running: it needs far longer than the 4 s deadline
+        sent = server.terminate()
+        time.sleep(0.3)
+        late = httpx.post(
+            server.base + "/predict", content=image_bytes(), headers={"content-type": "image/jpeg"}
+        )
+        thread.join(60)
+        code, seconds = exits_within(server, sent, 4)
+        output = server.output()
+    assert late.status_code == 503 and late.json()["error"]["code"] == "shutting_down", late.text
+    assert late.headers["connection"] == "close" and "retry-after" in late.headers
+    assert [a.status_code for a in answers] == [503], answers
+    assert answers[0].json()["error"]["code"] == "shutting_down"
+    assert code == 0, output
+    assert seconds < 4 + 2, f"exited after {seconds:.1f} s"
+
+
 def test_a_model_that_fails_to_load_ends_the_process_non_zero(tmp_path):
     server = launch({}, models=f"alexnet:none,resnet18:{tmp_path / 'missing.pt'}")
     started = time.monotonic()
