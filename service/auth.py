@@ -1,8 +1,10 @@
 """Optional API keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 
 With keys configured (``EXPLAIN_API_KEYS``), every path needs one except the probes (``/healthz``,
-``/readyz``) and, unless ``EXPLAIN_PROTECT_METRICS`` is set, ``/metrics``. Keys are compared in
-constant time, every configured key against the one sent, and never logged or echoed.
+``/readyz``), unless ``EXPLAIN_PROTECT_METRICS`` is set ``/metrics``, and the web page's own files
+(``/``, ``/favicon.ico``, ``/static/...``): they hold no data, a browser cannot send a key when it
+opens a page, and the page asks for the key and sends it with every request it makes. Keys are
+compared in constant time, every configured key against the one sent, and never logged or echoed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from service.errors import error_body, note
 
 __all__ = ["ApiKeyMiddleware"]
 
-_OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/favicon.ico"})
+_OPEN_PREFIXES = ("/static/",)
 
 
 class ApiKeyMiddleware:
@@ -48,6 +51,7 @@ class ApiKeyMiddleware:
             scope["type"] != "http"
             or not self.keys
             or scope["path"] in self.open_paths
+            or scope["path"].startswith(_OPEN_PREFIXES)
             or self.authorized(scope)
         ):
             await self.app(scope, receive, send)

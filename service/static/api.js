@@ -8,6 +8,27 @@ export class PageError extends Error {
   }
 }
 
+const KEY_STORE = "explain-api-key";
+
+/** The API key the person entered (kept for this tab only), or null. */
+export const apiKey = () => sessionStorage.getItem(KEY_STORE);
+
+/** Remember `key` for this tab's requests (an empty key forgets it). */
+export function setApiKey(key) {
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  else sessionStorage.removeItem(KEY_STORE);
+}
+
+function authorization() {
+  const key = apiKey();
+  return key ? {Authorization: `Bearer ${key}`} : {};
+}
+
+/** Tell the page that the service wants a (valid) key: it shows the key form. */
+function keyNeeded() {
+  window.dispatchEvent(new CustomEvent("explain:key-needed", {detail: {hadKey: Boolean(apiKey())}}));
+}
+
 /** The error a fetch raises when its AbortController is aborted. */
 export const isAbort = (error) => error && error.name === "AbortError";
 
@@ -24,7 +45,7 @@ async function readJson(response) {
 export async function getJson(path, signal) {
   let response;
   try {
-    response = await fetch(path, {signal, headers: {Accept: "application/json"}});
+    response = await fetch(path, {signal, headers: {Accept: "application/json", ...authorization()}});
   } catch (error) {
     if (isAbort(error)) throw error;
     throw new PageError("The service could not be reached. Is it still running?", "unreachable");
@@ -46,7 +67,7 @@ export async function postImage(path, image, options, signal) {
   form.append("image", image.blob, image.name);
   let response;
   try {
-    response = await fetch(`${path}?${query}`, {method: "POST", body: form, signal});
+    response = await fetch(`${path}?${query}`, {method: "POST", body: form, signal, headers: authorization()});
   } catch (error) {
     if (isAbort(error)) throw error;
     throw new PageError("The service could not be reached. Is it still running?", "unreachable");
@@ -68,6 +89,7 @@ function detail(message) {
 function explainFailure(response, body, image) {
   const error = (body && body.error) || {};
   const code = error.code || `http_${response.status}`;
+  if (code === "unauthorized") keyNeeded();
   const name = image ? `“${image.name}”` : "The image";
   const sentences = {
     invalid_image: `${name} is not an image the model can read. Choose a JPEG, PNG, WebP, GIF, BMP or TIFF file.`,
@@ -82,6 +104,8 @@ function explainFailure(response, body, image) {
     request_timeout: "The upload took too long. Try again, or a smaller image.",
     deadline_exceeded: "This explanation took longer than the service allows. Try a faster method.",
     method_not_applicable: `This method does not apply here: ${fullStop(String(error.message))}`,
+    unauthorized: apiKey() ? "The service did not accept this API key. Enter another one."
+      : "This service needs an API key. Enter it below.",
   };
   const message = sentences[code] ||
     (error.message ? detail(error.message) : `The service answered ${response.status} ${response.statusText}.`);

@@ -2,7 +2,7 @@
 // Everything it offers (models, layers, methods and their cost, labels) comes from the service.
 // This module owns the model, the image and the classes, and ties the panels together.
 
-import {PageError, cropBox, getJson} from "/static/api.js";
+import {PageError, cropBox, getJson, setApiKey} from "/static/api.js";
 import {
   abandonExplanation, clearCam, explain, forgetExplanations, setMethods, wireExplanation,
 } from "/static/explanation.js";
@@ -23,6 +23,26 @@ const IMAGE_ERRORS = new Set(["invalid_image", "no_images", "extreme_aspect_rati
   "image_too_large", "body_too_large", "unreachable"]);
 let imageCount = 0;
 
+// -- the API key ----------------------------------------------------------------------------------
+
+/** The service wants a key: show the form; a key entered there is used from the next request on. */
+function wireApiKey() {
+  const form = $("key-form");
+  window.addEventListener("explain:key-needed", () => {
+    form.hidden = false;
+    $("api-key").focus();
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    setApiKey($("api-key").value.trim());
+    $("api-key").value = "";
+    form.hidden = true;
+    setBanner("");
+    if (!state.model) loadModels();
+    else if (state.image) setImage(state.image.blob, state.image.name);
+  });
+}
+
 // -- the model ------------------------------------------------------------------------------------
 
 async function loadModels() {
@@ -32,7 +52,7 @@ async function loadModels() {
   } catch (error) {
     setBanner(error.code === "not_ready"
       ? "The model is still loading; the page will be ready in a moment." : error.message);
-    setTimeout(loadModels, 1000);
+    if (error.code !== "unauthorized") setTimeout(loadModels, 1000);  // the key form retries
     return;
   }
   setBanner("");
@@ -317,4 +337,5 @@ function wire() {
 }
 
 wire();
+wireApiKey();
 loadModels();

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +101,11 @@ def page_log(base_url) -> PageLog:
     return PageLog(base_url)
 
 
-@pytest.fixture
-def page(browser, base_url, page_log, request):
-    """A page in a fresh context; afterwards: no request left the server, no console error."""
+@contextmanager
+def checked_page(browser, page_log: PageLog) -> Iterator:
+    """A page in a fresh context on ``page_log.base_url``; afterwards: no request left that
+    server, no console error."""
+    base_url = page_log.base_url
     context = browser.new_context(
         viewport={"width": 1280, "height": 900}, base_url=base_url, accept_downloads=True
     )
@@ -133,6 +136,13 @@ def page(browser, base_url, page_log, request):
         text for text in page_log.errors if not any(p.search(text) for p in page_log.expected)
     ]
     assert unexpected == [], "console errors"
+
+
+@pytest.fixture
+def page(browser, page_log):
+    """A page on the package's server, checked as :func:`checked_page` says."""
+    with checked_page(browser, page_log) as page:
+        yield page
 
 
 @pytest.fixture

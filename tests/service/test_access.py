@@ -25,12 +25,27 @@ async def keyed(anyio_backend):
 
 
 async def test_without_a_key_every_endpoint_but_the_probes_is_401(keyed):
-    for method, path in [("POST", "/predict"), ("GET", "/models"), ("GET", "/"), ("GET", "/docs")]:
+    for method, path in [
+        ("POST", "/predict"),
+        ("GET", "/models"),
+        ("GET", "/models/alexnet/labels"),
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+        ("GET", "/static/../models"),
+    ]:
         response = await keyed.request(method, path, content=image_bytes(), headers=JPEG)
         assert_error(response, 401, "unauthorized")
         assert response.headers["www-authenticate"].startswith("Bearer")
     for path in ("/healthz", "/readyz", "/metrics"):
         assert (await keyed.get(path)).status_code == 200
+
+
+async def test_the_web_page_itself_needs_no_key(keyed):
+    """The page holds no data, and a browser cannot send a key when it opens it; the page asks for
+    the key and sends it with each request of its own."""
+    for path in ("/", "/favicon.ico", "/static/api.js", "/static/examples/chelsea.jpg"):
+        assert (await keyed.get(path)).status_code == 200, path
+    assert_error(await keyed.post("/static/api.js"), 405, "method_not_allowed")
 
 
 @pytest.mark.parametrize(
