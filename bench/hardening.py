@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from bench.hardening_server import MB, ROOT, Server, jpeg, png16, post, serving
-from tests.service.realserver import closed_within
+from tests.realserver import closed_within
 
 # -- cases ----------------------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from tests.service.realserver import free_port
+from tests.realserver import free_port
 
 __all__ = ["MB", "ROOT", "Server", "jpeg", "png16", "post", "serving"]
 

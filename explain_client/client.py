@@ -167,11 +167,13 @@ class Client(_Base):
         alpha: float | None = None,
         colormap: str | None = None,
         return_cam: bool | None = None,
+        faithfulness: bool | None = None,
         model: str | None = None,
         top_k: int | None = None,
         **options: Any,
     ) -> Any:
-        """Top classes and a class activation map per target class (default: top-1)."""
+        """Top classes and a class activation map per target class (default: top-1); with
+        ``faithfulness``, each map's faithfulness scores too."""
         return self.explain(
             "gradcam",
             images,
@@ -181,6 +183,7 @@ class Client(_Base):
             alpha=alpha,
             colormap=colormap,
             return_cam=return_cam,
+            faithfulness=faithfulness,
             model=model,
             top_k=top_k,
             **options,

@@ -55,7 +55,12 @@ class Explanation:
     Attributes:
         overlay_png: The heatmap over the image as the model saw it (PNG bytes).
         heatmap_png: The heatmap alone, indexed colour (PNG bytes).
-        cam: The raw map at the layer's resolution, with ``return_cam``.
+        layer: Where the map was computed; ``None`` for methods that explain the input pixels
+            (``guided_backprop``).
+        cam: The raw map at the layer's resolution (the input's, for the guided methods), with
+            ``return_cam``.
+        faithfulness: ``confidence_change``, ``deletion_auc`` and ``insertion_auc``, with
+            ``faithfulness=True``.
         data: Every field as answered (PNGs as bytes), including any this client does not know.
     """
 
@@ -63,10 +68,11 @@ class Explanation:
     label: str
     score: float
     method: str
-    layer: str
+    layer: str | None
     overlay_png: bytes
     heatmap_png: bytes
     cam: np.ndarray | None = None
+    faithfulness: dict[str, float] | None = None
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
@@ -129,12 +135,13 @@ def _explanation(entry: dict[str, Any]) -> Explanation:
         label=entry["label"],
         score=entry["score"],
         method=entry["method"],
-        layer=entry["layer"],
+        layer=entry.get("layer"),
         overlay_png=entry["overlay_png"],
         heatmap_png=entry["heatmap_png"],
         cam=None
         if cam is None
         else np.asarray(cam["values"], dtype=np.float32).reshape(cam["shape"]),
+        faithfulness=entry.get("faithfulness"),
         data=entry,
     )
 

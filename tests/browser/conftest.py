@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import service_process
+from tests.realserver import running
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -47,9 +47,11 @@ def base_url() -> Iterator[str]:
         "EXPLAIN_SCORECAM_MAX_CHANNELS": str(SCORECAM_CHANNELS),
         "EXPLAIN_MAX_BATCH_WAIT_MS": "1",
     }
-    with service_process(**settings) as running:
-        yield running.base_url
-    assert "Traceback" not in running.output, running.output
+    with running(settings, models=None) as server:
+        yield server.base
+        server.stop()
+        output = server.output()
+    assert "Traceback" not in output, output
 
 
 @pytest.fixture(scope="package")

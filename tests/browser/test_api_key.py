@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import ARTIFACTS, PageLog, checked_page
-from tests.conftest import service_process
+from tests.realserver import running
 
 KEY = "page-test-key-0123456789"
 API = ("/models", "/predict", "/featuremaps", "/gradcam")
@@ -16,8 +16,8 @@ API = ("/models", "/predict", "/featuremaps", "/gradcam")
 
 @pytest.fixture(scope="module")
 def keyed_url():
-    with service_process(EXPLAIN_MODELS="alexnet:none", EXPLAIN_API_KEYS=KEY) as running:
-        yield running.base_url
+    with running({"EXPLAIN_API_KEYS": KEY}, models="alexnet:none") as server:
+        yield server.base
 
 
 def test_the_page_asks_for_the_key_and_sends_it(browser, keyed_url):

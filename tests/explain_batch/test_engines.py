@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import free_port
 from tests.explain_batch.conftest import batch, make_folder, read_lines, read_run
+from tests.realserver import free_port
 
 CAM_TOLERANCE = 0.03  # BATCH.md: cam values of local and http agree within 0.03
 

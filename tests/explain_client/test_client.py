@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from explain_client import ApiError, AsyncClient, Client, Result, UnreachableError
-from tests.conftest import free_port, photo
+from tests.conftest import photo
+from tests.realserver import free_port
 
 
 def jpeg(name: str = "chelsea") -> bytes:
@@ -42,6 +43,16 @@ def test_gradcam_and_featuremaps_decode_their_pngs(service_url):
         maps = client.featuremaps(jpeg(), layers=["_blocks.2", "_head_act"], max_channels=16)
         assert [m.layer for m in maps.featuremaps] == ["_blocks.2", "_head_act"]
         assert maps.featuremaps[1].image.mode == "L" and maps.featuremaps[1].channels_shown == 16
+
+
+def test_guided_maps_and_faithfulness_scores_are_typed(service_url):
+    with Client(service_url) as client:
+        (explanation,) = client.gradcam(
+            jpeg(), method="guided_backprop", return_cam=True, faithfulness=True
+        ).explanations
+    assert explanation.layer is None and explanation.cam.shape == (224, 224)
+    assert set(explanation.faithfulness) == {"confidence_change", "deletion_auc", "insertion_auc"}
+    assert 0.0 <= explanation.faithfulness["deletion_auc"] <= 1.0
 
 
 def test_a_list_in_gives_a_list_out_in_order(service_url):

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.service.realserver import running
+from tests.realserver import running
 
 CONFIG = """
 [checks]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 
 import httpx
 import pytest
 
-from tests.conftest import service_process
+from tests.realserver import running
 from tests.service.conftest import image_bytes, png_array
 
 CAT_CLASSES = set(range(281, 286))
@@ -17,12 +16,11 @@ CAT_CLASSES = set(range(281, 286))
 
 @pytest.fixture(scope="module")
 def server():
-    with service_process(EXPLAIN_MAX_BATCH_WAIT_MS="1") as running:
-        with httpx.Client(base_url=running.base_url, timeout=60) as client:
+    with running({"EXPLAIN_MAX_BATCH_WAIT_MS": "1"}, models=None) as server:
+        with httpx.Client(base_url=server.base, timeout=60) as client:
             yield client
-    output = running.output
-    # uvicorn shuts down gracefully, then re-raises the signal it caught.
-    assert running.process.returncode in (0, -signal.SIGTERM), output
+        code, output = server.stop(), server.output()
+    assert code == 0, output
     assert "Application shutdown complete" in output and "Traceback" not in output, output
 
 

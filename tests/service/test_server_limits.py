@@ -15,8 +15,8 @@ import psutil
 import pytest
 from PIL import Image
 
+from tests.realserver import closed_within, read_response, running
 from tests.service.conftest import b64, image_bytes
-from tests.service.realserver import closed_within, read_response, running
 
 MiB = 1024 * 1024
 

@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
+from tests.realserver import launch, read_response, running, wait_ready
 from tests.service.conftest import b64, image_bytes
-from tests.service.realserver import launch, read_response, running, wait_ready
 
 SHUTDOWN = {"EXPLAIN_SHUTDOWN_TIMEOUT_S": "4", "EXPLAIN_BATCH_THREADS": "1"}
 

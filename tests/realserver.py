@@ -1,5 +1,6 @@
 """``python -m service`` in a subprocess on a free loopback port, for the tests that need the real
-process: signals, exit codes, sockets, timeouts."""
+process (signals, exit codes, sockets, timeouts) or a real server (the web page in a browser, the
+client, the batch command's http engine)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import psutil
 
 
 def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -34,6 +36,7 @@ class RealServer:
 
     @property
     def base(self) -> str:
+        """The server's URL, ``http://127.0.0.1:PORT``."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -55,6 +58,11 @@ class RealServer:
         self.log.seek(0)
         return self.log.read()
 
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, as an operator stops it, and its exit status once it has ended."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
     def close(self) -> None:
         """Kill the process if it still runs, and release its log."""
         if self.process.poll() is None:
@@ -63,11 +71,14 @@ class RealServer:
         self.log.close()
 
 
-def launch(env: dict[str, str], models: str = "alexnet:none") -> RealServer:
+def launch(env: dict[str, str], models: str | None = "alexnet:none") -> RealServer:
+    """Start the server with ``env`` added to the environment, serving ``models`` (``None``: what
+    ``EXPLAIN_MODELS`` in ``env`` or the environment says)."""
     port = free_port()
     log = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed by close())
+    models_flag = [] if models is None else ["--models", models]
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--models", models],
+        [sys.executable, "-m", "service", "--port", str(port), *models_flag],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, **env},
@@ -88,7 +99,7 @@ def wait_ready(server: RealServer, timeout: float = 120.0) -> None:
 
 
 @contextlib.contextmanager
-def running(env: dict[str, str], models: str = "alexnet:none") -> Iterator[RealServer]:
+def running(env: dict[str, str], models: str | None = "alexnet:none") -> Iterator[RealServer]:
     """A ready server; killed afterwards if a test left it running."""
     server = launch(env, models)
     try:
