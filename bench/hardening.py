@@ -28,6 +28,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -284,6 +285,49 @@ def case_stalled_uploads(args) -> dict:
         return figures
 
 
+def case_clients_that_never_read(args) -> dict:
+    """20 clients each ask for the feature maps of 8 images (about 6.7 MB of JSON) with a 4 KB
+    receive buffer and read nothing; then 20 clients that read, for the RSS the same load costs."""
+    image = jpeg(224)
+    body = json.dumps(
+        {"images": [base64.b64encode(image).decode()] * 8, "max_channels": 256}
+    ).encode()
+    request = (
+        b"POST /featuremaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    figures: dict = {}
+    with serving(args) as server:
+        before = server.rss()
+        with contextlib.ExitStack() as stack:
+            for _ in range(20):
+                sock = stack.enter_context(socket.socket())
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect(("127.0.0.1", server.port))
+                sock.sendall(request)
+            started = time.monotonic()
+            for at in (10, 45, 90):
+                time.sleep(max(0.0, at - (time.monotonic() - started)))
+                held = [c for c in server.ps.net_connections() if c.status == "ESTABLISHED"]
+                figures[f"held_at_{at}s"] = len(held)
+                figures[f"rss_growth_mb_at_{at}s"] = round((server.rss() - before) / MB)
+
+        def read(_: int) -> int:
+            return httpx.post(
+                server.base + "/featuremaps",
+                content=body,
+                headers={"content-type": "application/json"},
+                timeout=300,
+            ).status_code
+
+        with ThreadPoolExecutor(20) as pool:
+            figures["readers_statuses"] = sorted(pool.map(read, range(20)))
+        time.sleep(5)
+        figures["rss_growth_mb_after_readers"] = round((server.rss() - before) / MB)
+    return figures
+
+
 def case_json(server: Server, args) -> dict:
     image = base64.b64encode(jpeg(64)).decode()
     bodies = {
@@ -374,6 +418,7 @@ OWN: dict[str, Callable] = {
     "logs": case_logs,
     "connections": case_connections,
     "stalled_uploads": case_stalled_uploads,
+    "clients_that_never_read": case_clients_that_never_read,
     "abandoned": case_abandoned,
     "sigterm_stalled_upload": case_sigterm_stalled_upload,
     "sigterm_queue": case_sigterm_queue,

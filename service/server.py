@@ -8,6 +8,8 @@ connection (the settings are uvicorn ``Config``-style limits):
 - ``header_timeout_s``: the request line and headers must arrive within it, from the connection's
   start or the request's first byte (else 408 ``request_timeout`` if some of it came, then close);
 - ``keepalive_timeout_s``: an idle keep-alive connection is closed (uvicorn's ``timeout_keep_alive``);
+- ``send_timeout_s``: a client that reads nothing of an answer for this long (the socket's buffers
+  full, writing paused) is disconnected, so the unsent answer is not held in memory for it;
 - ``max_header_bytes``: a longer request line plus headers is 431 ``headers_too_large``;
 - ``max_connections``: at the bound, the oldest connection without a request being served is closed
   to make room (a silent or half-sent one); if every connection is busy, 503 ``overloaded``;
@@ -60,6 +62,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.in_headers = False
         self.oversized = False
         self.header_timer: asyncio.TimerHandle | None = None
+        self.send_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         if len(self.connections) > self.settings.max_connections and not self._make_room():
             self.connections.discard(self)
@@ -165,8 +168,35 @@ class GuardedProtocol(HttpToolsProtocol):
         if not self.serving:
             super().timeout_keep_alive_handler()
 
+    # -- send timeout -----------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.send_timer is None:
+            self.send_timer = self.loop.call_later(self.settings.send_timeout_s, self._send_timeout)
+
+    def resume_writing(self) -> None:
+        self._disarm_send_timer()
+        super().resume_writing()
+
+    def _disarm_send_timer(self) -> None:
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+
+    def _send_timeout(self) -> None:
+        """The client took nothing for ``send_timeout_s``: drop the connection and what is still
+        buffered for it (``abort``; ``close`` would keep the buffer until the client reads)."""
+        self.send_timer = None
+        log.info(
+            "dropped a client that read nothing of its answer for %g s",
+            self.settings.send_timeout_s,
+        )
+        self.transport.abort()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._disarm_send_timer()
         super().connection_lost(exc)
 
     def shutdown(self) -> None:

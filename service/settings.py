@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     keepalive_timeout_s: float = Field(
         default=5.0, gt=0, description="An idle keep-alive connection is closed after this."
     )
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A client that takes none of an answer for this long (its socket buffers "
+        "full) is disconnected and the unsent answer dropped.",
+    )
     max_header_bytes: int = Field(
         default=64 * 1024, ge=1024, description="Largest request line plus headers."
     )

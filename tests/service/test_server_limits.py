@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 import threading
 import time
 
@@ -23,6 +24,7 @@ MiB = 1024 * 1024
 LIMITS = {
     "EXPLAIN_HEADER_TIMEOUT_S": "1.5",
     "EXPLAIN_KEEPALIVE_TIMEOUT_S": "1",
+    "EXPLAIN_SEND_TIMEOUT_S": "2",
     "EXPLAIN_BODY_TIMEOUT_S": "3",
     "EXPLAIN_MAX_CONNECTIONS": "40",
     "EXPLAIN_MAX_BODY_BYTES": str(8 * MiB),
@@ -104,6 +106,34 @@ def test_the_protocol_answers_malformed_requests_in_json(server, request_bytes, 
     with server.connect() as sock:
         sock.sendall(request_bytes)
         assert error_of(read_response(sock)) == (status, "application/json", code)
+
+
+def test_a_client_that_never_reads_its_answer_is_dropped(server):
+    """Feature maps of 24 images (megabytes of JSON) to a client with a tiny receive buffer that
+    reads nothing: once the socket's buffers are full the server waits EXPLAIN_SEND_TIMEOUT_S,
+    then drops the connection and the unsent answer instead of holding both forever."""
+    image = image_bytes("chelsea")
+    body = json.dumps({"images": [b64(image)] * 24, "max_channels": 256}).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(
+            b"POST /featuremaps HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        port = sock.getsockname()[1]
+        process = psutil.Process(server.process.pid)
+
+        def held() -> bool:
+            return any(c.raddr and c.raddr.port == port for c in process.net_connections())
+
+        deadline = time.monotonic() + 60
+        while held() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not held(), "the server still holds a client that reads nothing after 60 s"
+        sock.settimeout(5)
+        head = sock.recv(4096)  # what fitted in the buffers before the drop
+    assert head.startswith(b"HTTP/1.1 200")
 
 
 def test_silent_sockets_cannot_lock_other_clients_out(server):
