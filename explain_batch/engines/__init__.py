@@ -60,6 +60,7 @@ the images concerned and the run goes on; a rerun scores those images again."""
 ENGINES: Mapping[str, str] = {
     "local": "explain_batch.engines.local",
     "http": "explain_batch.engines.http",
+    "ray": "explain_batch.engines.ray",
 }
 """Engine name to its module."""
 
