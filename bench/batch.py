@@ -8,7 +8,14 @@ JPEGs, copied to ``--images`` files):
 - the ``local`` engine: the whole command's work (find the files, read and hash them, decode,
   preprocess, run, write ``results.jsonl``), one engine kept open across slices;
 - the ``http`` engine against ``python -m service`` with its default settings, started here on
-  a free loopback port.
+  a free loopback port;
+- with ``--ray``, the ``ray`` engine on a local Ray cluster of every core, started here once (each
+  slice is one run: a Ray Dataset whose actor pool loads the model, as every run of the command
+  does).
+
+Besides each slice's whole time, the steady rate counts the images between a slice's first and
+last outcome: what a long run approaches once its engine's start-up (the ``ray`` engine's actors)
+is paid.
 
 The machine is shared and its speed drifts, so each round runs a raw slice before each engine
 slice and the ratios compare totals over the rounds.
@@ -16,6 +23,7 @@ slice and the ratios compare totals over the rounds.
     python -m bench.batch                                    # predict, 5 rounds
     python -m bench.batch --endpoint gradcam --rounds 3
     python -m bench.batch --batch-sizes 2 4 8 --no-http      # the local engine's batch size
+    python -m bench.batch --ray --no-http --images 600 --rounds 3   # ray against local
 """
 
 from __future__ import annotations
@@ -48,11 +56,17 @@ class Totals:
     seconds: float = 0.0
     raw_images: int = 0
     raw_seconds: float = 0.0
+    steady_images: int = 0
+    steady_seconds: float = 0.0
     rounds: list[float] = field(default_factory=list)
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds
+
+    @property
+    def steady_rate(self) -> float:
+        return self.steady_images / self.steady_seconds
 
     @property
     def raw_rate(self) -> float:
@@ -68,6 +82,24 @@ def make_inputs(folder: Path, count: int) -> None:
         encoded.append(buffer.getvalue())
     for i in range(count):
         (folder / f"{i:05d}-{PHOTOS[i % len(PHOTOS)]}.jpg").write_bytes(encoded[i % len(encoded)])
+
+
+class Timed:
+    """An engine whose outcomes are timed: the first and the last of each run."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.model, self.batch_size = engine.model, engine.batch_size
+        self.times: list[float] = []
+
+    def score(self, paths):
+        self.times = []
+        for outcome in self.engine.score(paths):
+            self.times.append(time.perf_counter())
+            yield outcome
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def raw_slice(raw: RawModel, threads: int, seconds: float, totals: Totals) -> None:
@@ -87,6 +119,9 @@ def engine_slice(request: RunRequest, engine, torch_threads: int | None, totals:
     totals.images += images
     totals.seconds += seconds
     totals.rounds.append(images / seconds)
+    times = engine.times
+    totals.steady_images += len(times) - 1
+    totals.steady_seconds += times[-1] - times[0]
 
 
 def main() -> None:
@@ -102,6 +137,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="http engine")
     parser.add_argument("--http-batch-size", type=int, default=None)
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="add the ray engine (a local cluster)")
+    parser.add_argument("--ray-actors", type=int, default=None)
+    parser.add_argument("--ray-batch-size", type=int, default=None)
     parser.add_argument("--json", type=Path, default=Path("bench/out/batch.json"))
     args = parser.parse_args()
 
@@ -112,20 +150,20 @@ def main() -> None:
         make_inputs(work / "in", args.images)
         raw = RawModel(args.model, args.raw_batch, args.raw_threads)
         contenders: list[tuple[str, RunRequest, object, int | None]] = []
+
+        def contend(kind: str, config: RunConfig, out: str) -> tuple[Timed, RunRequest]:
+            engine = Timed(engine_module(kind).open_engine(config))
+            engines.append(engine)
+            request = RunRequest(
+                [str(work / "in")], str(work / out), kind, config, overwrite=True, progress=False
+            )
+            return engine, request
+
         for size in args.batch_sizes:
             config = RunConfig(args.endpoint, args.model, batch_size=size)
-            engine = engine_module("local").open_engine(config)
-            engines.append(engine)
+            engine, request = contend("local", config, f"local-{size}")
             name = f"local (batch {engine.batch_size})"
-            request = RunRequest(
-                [str(work / "in")],
-                str(work / name),
-                "local",
-                config,
-                overwrite=True,
-                progress=False,
-            )
-            contenders.append((name, request, engine, engine.torch_threads))
+            contenders.append((name, request, engine, engine.engine.torch_threads))
         if not args.no_http:
             port = free_port()
             command = [sys.executable, "-m", "service", "--port", str(port), "--models", args.model]
@@ -141,17 +179,16 @@ def main() -> None:
             config = RunConfig(
                 args.endpoint, args.model, batch_size=args.http_batch_size, engine_options=options
             )
-            engine = engine_module("http").open_engine(config)
-            engines.append(engine)
+            engine, request = contend("http", config, "http")
             name = f"http (batch {engine.batch_size}, concurrency {args.concurrency})"
-            request = RunRequest(
-                [str(work / "in")],
-                str(work / "http"),
-                "http",
-                config,
-                overwrite=True,
-                progress=False,
+            contenders.append((name, request, engine, None))
+        if args.ray:
+            options = {"ray_address": None, "actors": args.ray_actors, "cpus_per_actor": 1}
+            config = RunConfig(
+                args.endpoint, args.model, batch_size=args.ray_batch_size, engine_options=options
             )
+            engine, request = contend("ray", config, "ray")
+            name = f"ray (batch {engine.batch_size}, {engine.engine.actors} actors)"
             contenders.append((name, request, engine, None))
 
         print(
@@ -172,14 +209,24 @@ def main() -> None:
                 {
                     "engine": name,
                     "images_per_s": t.rate,
+                    "steady_images_per_s": t.steady_rate,
                     "raw_images_per_s": t.raw_rate,
                     "x_raw": ratio,
+                    "steady_x_raw": t.steady_rate / t.raw_rate,
                     "rounds": t.rounds,
                 }
             )
             print(
                 f"{name:40} {t.rate:6.1f} images/s   raw {t.raw_rate:6.1f}   x raw {ratio:.2f}   "
+                f"steady {t.steady_rate:6.1f} (x raw {t.steady_rate / t.raw_rate:.2f})   "
                 f"rounds {' '.join(f'{r:.1f}' for r in t.rounds)}"
+            )
+        first = results[0]
+        for result in results[1:]:
+            print(
+                f"{result['engine']} / {first['engine']}: whole slices "
+                f"{result['x_raw'] / first['x_raw']:.2f}, steady "
+                f"{result['steady_x_raw'] / first['steady_x_raw']:.2f}"
             )
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

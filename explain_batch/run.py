@@ -9,7 +9,6 @@ import logging
 import platform
 import time
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -17,7 +16,6 @@ from typing import Any
 
 from explain_batch.engines import (
     Engine,
-    Input,
     Outcome,
     RunAborted,
     RunConfig,
@@ -118,39 +116,34 @@ class _Run:
         self.progress = Progress(total, bar=request.progress, enabled=request.progress is not False)
         self.previously_failed = 0
         self.stopped = False
-        self._window: set[Future[list[Outcome]]] = set()
 
     def loop(self) -> None:
-        engine, results = self.engine, self.store.results
-        batch: list[Input] = []
+        """Feed the engine the paths to score and write each outcome as it comes; with
+        ``--fail-fast``, close the engine's stream at the first failure."""
+        outcomes = self.engine.score(self._to_score())
+        try:
+            for outcome in outcomes:
+                self.write(outcome)
+                if self.stopped:
+                    break
+        finally:
+            outcomes.close()  # the engine drops its work in flight
+
+    def _to_score(self) -> Iterator[str]:
+        """The paths to score, as the engine pulls them: a path already recorded with a result
+        that stands is hashed here, and skipped if the file did not change; every other path goes
+        to the engine unread (it reads the file where it scores it)."""
+        results = self.store.results
         for path in _unique(iter_paths(self.request.inputs)):
             if self.stopped:
-                break
-            item = read_input(path)
-            status = results.lookup(path, item.sha256)
-            if status is not None:
-                self.previously_failed += status == "failed"
-                self.progress.update("skipped")
-            elif item.error is not None:
-                self.write(Outcome.failed(item, **item.error))
-            else:
-                batch.append(item)
-                if len(batch) >= engine.batch_size:
-                    self._window.add(engine.submit(batch))
-                    batch = []
-                    self._drain(engine.max_pending - 1)
-        if batch and not self.stopped:
-            self._window.add(engine.submit(batch))
-        self._drain(0)
-
-    def _drain(self, keep: int) -> None:
-        """Write finished batches until at most ``keep`` are in flight."""
-        while len(self._window) > keep:
-            done, _ = wait(self._window, return_when=FIRST_COMPLETED)
-            for future in done:
-                self._window.remove(future)
-                for outcome in future.result():
-                    self.write(outcome)
+                return
+            if results.settled(path):
+                status = results.lookup(path, read_input(path).sha256)
+                if status is not None:
+                    self.previously_failed += status == "failed"
+                    self.progress.update("skipped")
+                    continue
+            yield path
 
     def write(self, outcome: Outcome) -> None:
         self.store.results.append(self.store.line(outcome, self.engine.model))
@@ -159,22 +152,15 @@ class _Run:
         failed = outcome.error is not None
         self.progress.update("failed" if failed else "ok")
         if failed and self.request.fail_fast and not self.stopped:
-            self.stopped = True  # no new batches; the ones in flight are written
+            self.stopped = True  # no new inputs; the engine drops the ones in flight
             log.error(
                 "stopping at the first failure (--fail-fast): %s: %s", outcome.path, outcome.error
             )
 
     def close(self) -> None:
-        """Let the batches in flight end (after an error, unwritten), so that no work outlives the
-        run."""
-        try:
-            if self._window:
-                wait(self._window)
-                self._window.clear()
-        finally:
-            self.progress.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
+        self.progress.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def _count(inputs: list[str]) -> int:

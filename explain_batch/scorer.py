@@ -1,6 +1,6 @@
-"""One model copy scoring batches of inputs: decode, run, render. The local engine runs the three
-steps on different threads; an engine that ships work to other processes (one copy per worker)
-calls the scorer on a whole batch.
+"""One model copy scoring batches of inputs: read, decode, run, render. The local engine runs the
+steps on different threads; an engine that ships work to other processes (one copy per worker,
+such as a Ray actor) calls the scorer on a whole batch of paths.
 
 The steps are the library's, the same as the service's model tasks: :func:`explain.images.prepare_image`,
 :class:`explain.tasks.TaskRunner`, :func:`explain.records.make_plan` and :func:`~explain.records.render_record`.
@@ -21,6 +21,7 @@ from explain.models import load_model
 from explain.records import Picture, make_plan, map_pictures, render_record
 from explain.tasks import ImageOutput, TaskRunner
 from explain_batch.engines import Input, Outcome, RunConfig, UsageError
+from explain_batch.inputs import read_input
 
 __all__ = ["Prepared", "Scorer"]
 
@@ -77,12 +78,20 @@ class Scorer:
     def close(self) -> None:
         self.loaded.close()
 
-    def __call__(self, items: list[Input]) -> list[Outcome]:
-        """Score one batch start to end on the calling thread."""
-        return self.finish(self.forward([self.prepare(item) for item in items]))
+    def __call__(self, paths: list[str]) -> list[Outcome]:
+        """Read and score one batch start to end on the calling thread."""
+        return self.finish(self.forward([self.read(path) for path in paths]))
+
+    def read(self, path: str) -> Prepared:
+        """Read, hash, decode and preprocess the file at ``path`` (any thread); a file that cannot
+        be read ends here (``not_found``, ``unreadable_file``)."""
+        item = read_input(path)
+        if item.error is not None:
+            return Prepared(item, failure=Outcome.failed(item, **item.error))
+        return self.prepare(item)
 
     def prepare(self, item: Input) -> Prepared:
-        """Decode and preprocess one input (any thread)."""
+        """Decode and preprocess one input read from its file (any thread)."""
         try:
             image = prepare_image(item.data, self.loaded.preprocess, self.limits)
         except ExplainError as error:

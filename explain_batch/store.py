@@ -80,6 +80,12 @@ class ResultsLog:
         if end < os.path.getsize(self.path):
             os.truncate(self.path, end)
 
+    def settled(self, path: str) -> bool:
+        """Whether ``path`` is recorded with a result that a rerun keeps if the file did not change
+        (not a passing failure): only then is the file worth hashing to compare (:meth:`lookup`)."""
+        entry = self._index.get(_key(path))
+        return entry is not None and not entry & _RETRY
+
     def lookup(self, path: str, sha256: str | None) -> str | None:
         """``"ok"`` or ``"failed"`` when ``path`` is recorded with this ``sha256`` and need not be
         scored again, else ``None``."""

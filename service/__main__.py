@@ -1,7 +1,8 @@
-"""``python -m service [--host HOST] [--port PORT] [--models SPEC,SPEC,...]``
+"""``python -m service [--host HOST] [--port PORT] [--models SPEC,SPEC,...] [--ray [--replicas N]]``
 
 Flags override the ``EXPLAIN_*`` environment variables. One process serves one copy of each model;
-scale with more processes (containers), not uvicorn workers.
+scale with more processes (containers), not uvicorn workers, or with ``--ray``: the same app as
+replicas on Ray Serve (:mod:`service.ray_serve`), each with its own copy.
 
 Exit status: 0 after a SIGTERM or SIGINT (running batches get ``EXPLAIN_SHUTDOWN_TIMEOUT_S`` to
 finish), 1 when a model fails to load (unless ``EXPLAIN_ALLOW_PARTIAL_START=true``), 2 for a
@@ -19,6 +20,7 @@ import threading
 
 from explain.errors import ExplainError
 from explain.models import get_entry, parse_spec
+from explain.raycluster import INSTALL_HINT
 from service.accesslog import configure_logging
 from service.app import create_app
 from service.server import GracefulServer, server_config
@@ -45,7 +47,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--log-level", default=defaults.log_level, help="debug, info, warning, error"
     )
+    ray_group = parser.add_argument_group("Ray Serve (needs pip install 'explain-service[ray]')")
+    ray_group.add_argument(
+        "--ray", action="store_true", help="serve as Ray Serve replicas instead of this process"
+    )
+    ray_group.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="--ray: replicas, each with its own models (default 1)",
+    )
+    ray_group.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=1.0,
+        help="--ray: CPUs each replica reserves; its batch and torch threads follow (default 1)",
+    )
+    ray_group.add_argument(
+        "--ray-address",
+        default=None,
+        help="--ray: an existing cluster (default: RAY_ADDRESS, else a local cluster of this process)",
+    )
     args = parser.parse_args(argv)
+    if not args.ray and (args.replicas != 1 or args.replica_cpus != 1.0 or args.ray_address):
+        parser.error("--replicas, --replica-cpus and --ray-address go with --ray")
+    if args.replicas < 1 or args.replica_cpus < 1:
+        parser.error("--replicas and --replica-cpus must be at least 1")
 
     try:
         settings = Settings(
@@ -65,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     configure_logging(settings.log_level, settings.log_format)
+    if args.ray:
+        return _serve_on_ray(settings, args.replicas, args.replica_cpus, args.ray_address)
     app = create_app(settings)
     state = app.state.service
     server = GracefulServer(
@@ -86,6 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         code = 1  # could not bind, or the lifespan failed
     _exit_now_if_stuck(code)
     return code
+
+
+def _serve_on_ray(
+    settings: Settings, replicas: int, replica_cpus: float, address: str | None
+) -> int:
+    try:
+        from service.ray_serve import serve_on_ray
+    except ImportError as error:
+        print(
+            f"python -m service: --ray needs Ray Serve: {INSTALL_HINT} ({error})", file=sys.stderr
+        )
+        return 2
+    return serve_on_ray(settings, replicas, replica_cpus, address)
 
 
 def _exit_now_if_stuck(code: int) -> None:

@@ -1,8 +1,14 @@
-"""Fixtures shared by every test package: small models and real photos."""
+"""Fixtures shared by every test package: small models, real photos, a running service and a
+local Ray cluster."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -68,3 +74,67 @@ def service_url() -> Iterator[str]:
     settings = {"EXPLAIN_MODELS": "efficientnet_lite0", "EXPLAIN_LOG_LEVEL": "warning"}
     with running(settings, models=None) as server:
         yield server.base
+
+
+RAY_MARKER = "EXPLAIN_TEST_RAY_CLUSTER"
+"""An environment variable that every process of a test's Ray cluster inherits (its GCS server and
+raylet from the driver that starts it, the workers from the raylet), so the test can find them."""
+
+
+def ray_processes(marker: str) -> list:
+    """The live processes whose environment has ``RAY_MARKER=marker``."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(RAY_MARKER) == marker and process.status() != "zombie":
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def assert_no_ray_process_left(marker: str, timeout: float = 30.0) -> None:
+    """Every process of the cluster marked ``marker`` ends within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while left := ray_processes(marker):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Ray processes left behind: {[p.name() for p in left]}")
+        time.sleep(0.2)
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """The session's local Ray cluster: this process is its driver."""
+
+    address: str
+    marker: str
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A local Ray cluster (2 CPUs, no dashboard) shared by every Ray test, this process its
+    driver; stopped at the end of the session, and none of its processes may remain. A test
+    may start Serve on it, and must shut Serve down itself."""
+    import ray
+
+    marker = uuid.uuid4().hex
+    temp_dir = f"/tmp/ray-tests-{marker[:8]}"  # short: Ray's socket paths must fit in 107 bytes
+    os.environ[RAY_MARKER] = marker  # for the processes that ray.init starts, only
+    try:
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="WARNING",
+            _temp_dir=temp_dir,
+        )
+    finally:
+        del os.environ[RAY_MARKER]
+    try:
+        yield RayCluster(ray.get_runtime_context().gcs_address, marker)
+    finally:
+        ray.shutdown()
+        assert_no_ray_process_left(marker)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,5 +1,5 @@
 """Engines: where a batch run's images are scored. Every engine takes the same :class:`RunConfig`
-and turns lists of :class:`Input` into :class:`Outcome` s; reading inputs, resuming, writing
+and turns a stream of input paths into :class:`Outcome` s; finding inputs, resuming, writing
 results, TensorBoard and progress are the run's (:mod:`explain_batch.run`), the same for all.
 
 A new engine is one module in this package, named in :data:`ENGINES`, that defines:
@@ -9,17 +9,22 @@ A new engine is one module in this package, named in :data:`ENGINES`, that defin
   checked before any work (raising :class:`UsageError`), and return the engine.
 
 An :class:`Engine` has ``model`` (the name recorded with each result), ``batch_size`` (inputs per
-:meth:`Engine.submit`), ``max_pending`` (submitted batches the run keeps in flight, which bounds
-memory), ``submit(inputs) -> Future[list[Outcome]]`` (one outcome per input, in any order;
-a failed image is an outcome with an ``error``, a failure that concerns every image raises
-:class:`UsageError` or :class:`RunAborted` from the future) and ``close()``.
+model call or request), ``score(paths)``, a generator of outcomes, and ``close()``. ``score`` pulls
+the paths it is given as it has room for them, reads the files itself (on its own threads, or on
+the workers of a cluster, with :func:`explain_batch.inputs.read_input`), and yields one outcome
+per path as results come, in any order; a file that cannot be read or an image that fails is an
+outcome with an ``error``, while a failure that concerns every image raises :class:`UsageError` or
+:class:`RunAborted`. An engine holds a bounded number of inputs at a time, so memory stays flat.
+The run may stop early by closing the generator: the engine then drops its work in flight, and
+none outlives the close. Engines that take batches one at a time (``local``, ``http``) share
+:func:`explain_batch.engines.window.score_in_batches`; a streaming engine (``ray``) pulls the paths
+into its own pipeline.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
-from concurrent.futures import Future
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Protocol
@@ -55,6 +60,7 @@ the images concerned and the run goes on; a rerun scores those images again."""
 ENGINES: Mapping[str, str] = {
     "local": "explain_batch.engines.local",
     "http": "explain_batch.engines.http",
+    "ray": "explain_batch.engines.ray",
 }
 """Engine name to its module."""
 
@@ -146,9 +152,8 @@ class Outcome:
 class Engine(Protocol):
     model: str
     batch_size: int
-    max_pending: int
 
-    def submit(self, inputs: list[Input]) -> Future[list[Outcome]]: ...
+    def score(self, paths: Iterable[str]) -> Generator[Outcome, None, None]: ...
 
     def close(self) -> None: ...
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from PIL import Image
@@ -20,6 +21,8 @@ from explain_batch.engines import (
     RunConfig,
     UsageError,
 )
+from explain_batch.engines.window import score_in_batches
+from explain_batch.inputs import read_input
 from explain_batch.options import positive_int
 from explain_client import DEFAULT_URL, ApiError, Client, ClientError, Result, UnreachableError
 
@@ -101,8 +104,18 @@ class HttpEngine:
         except ClientError as error:
             raise UsageError(f"{self.client.url}: {error}") from error
 
-    def submit(self, inputs: list[Input]) -> Future[list[Outcome]]:
-        return self._pool.submit(self._score, inputs)
+    def score(self, paths: Iterable[str]) -> Generator[Outcome, None, None]:
+        return score_in_batches(paths, self.submit, self.batch_size, self.max_pending)
+
+    def submit(self, paths: list[str]) -> Future[list[Outcome]]:
+        """Send one batch (its files read on the engine's threads); its outcomes once answered."""
+        return self._pool.submit(self._read_and_score, paths)
+
+    def _read_and_score(self, paths: list[str]) -> list[Outcome]:
+        items = [read_input(path) for path in paths]
+        unreadable = [Outcome.failed(item, **item.error) for item in items if item.error]
+        readable = [item for item in items if item.error is None]
+        return unreadable + (self._score(readable) if readable else [])
 
     def _score(self, inputs: list[Input]) -> list[Outcome]:
         try:

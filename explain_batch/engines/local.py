@@ -1,16 +1,17 @@
-"""The ``local`` engine: the library in this process. Images are decoded and PNGs encoded on I/O
-threads while the model runs batches on threads of its own, as in the service."""
+"""The ``local`` engine: the library in this process. Files are read and decoded and PNGs encoded
+on I/O threads while the model runs batches on threads of its own, as in the service."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
 
 from explain.machine import thread_plan
-from explain_batch.engines import EngineOption, Input, Outcome, RunConfig
+from explain_batch.engines import EngineOption, Outcome, RunConfig
+from explain_batch.engines.window import score_in_batches
 from explain_batch.options import positive_int
 from explain_batch.scorer import Prepared, Scorer
 
@@ -65,7 +66,7 @@ def _then(future: Future[T], pool: ThreadPoolExecutor, step: Callable[[T], R]) -
 class LocalEngine:
     """Scores batches with a :class:`~explain_batch.scorer.Scorer` in this process.
 
-    Each submitted batch is decoded on the I/O pool, run on one of the model's batch threads
+    Each batch is read and decoded on the I/O pool, run on one of the model's batch threads
     (``torch`` threads split between them, as the service does), then rendered and encoded on
     the I/O pool; :attr:`max_pending` batches in flight keep every stage busy and memory bounded.
     """
@@ -87,8 +88,12 @@ class LocalEngine:
         self._io = ThreadPoolExecutor(io_threads, thread_name_prefix="batch-io")
         self._model = ThreadPoolExecutor(batch_threads, thread_name_prefix="batch-model")
 
-    def submit(self, inputs: list[Input]) -> Future[list[Outcome]]:
-        decoding = [self._io.submit(self.scorer.prepare, item) for item in inputs]
+    def score(self, paths: Iterable[str]) -> Generator[Outcome, None, None]:
+        return score_in_batches(paths, self.submit, self.batch_size, self.max_pending)
+
+    def submit(self, paths: list[str]) -> Future[list[Outcome]]:
+        """Start one batch; its outcomes once it is done."""
+        decoding = [self._io.submit(self.scorer.read, path) for path in paths]
         ran = self._model.submit(self._forward, decoding)
         return _then(ran, self._io, self.scorer.finish)
 
