@@ -44,6 +44,9 @@ import torch
 from explain.models import load_model
 from tests.service.conftest import image_bytes
 
+SCORECAM_CHANNELS = 128
+"""The channels the service's Score-CAM scores by default (``EXPLAIN_SCORECAM_MAX_CHANNELS``)."""
+
 
 @dataclass
 class Phase:
@@ -56,21 +59,32 @@ class Phase:
     seconds: float = 0.0
     raw_images: int = 0
     raw_seconds: float = 0.0
+    single_times: list[float] = field(default_factory=list)
 
     def summary(self) -> dict:
         images_per_s = len(self.latencies) / self.seconds
         raw = self.raw_images / self.raw_seconds
+        single = statistics.median(self.single_times) * 1000 if self.single_times else None
+        p50 = statistics.median(self.latencies) * 1000
         return {
             "path": self.path,
             "concurrency": self.concurrency,
             "requests": len(self.latencies),
             "failures": self.failures,
             "images_per_s": images_per_s,
-            "p50_ms": statistics.median(self.latencies) * 1000,
+            "p50_ms": p50,
             "p99_ms": percentile(self.latencies, 0.99) * 1000,
             "raw_images_per_s": raw,
             "vs_raw": images_per_s / raw,
+            "single_forward_ms": single,
+            "p50_vs_single": None if single is None else p50 / single,
+            "p50_vs_raw_passes": p50 / 1000 * raw / self.passes,
         }
+
+    @property
+    def passes(self) -> int:
+        """Forward passes one request of this phase costs (Score-CAM: 1 + its channels)."""
+        return 1 + SCORECAM_CHANNELS if "scorecam" in self.path else 1
 
 
 def free_port() -> int:
@@ -134,9 +148,21 @@ class RawModel:
         torch.set_num_threads(threads)
         self.loaded = load_model(spec)
         self.inputs = torch.randn(batch, 3, *self.loaded.preprocess.input_size)
+        self.single = self.inputs[:1].clone()
         with torch.inference_mode():
             for _ in range(2):
                 self.loaded.model(self.inputs)
+                self.loaded.model(self.single)
+
+    def run_single(self, seconds: float, phase: Phase) -> None:
+        """One image at a time on every core: the latency a lone request cannot beat."""
+        model, x = self.loaded.model, self.single
+        with torch.inference_mode():
+            started = time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                call = time.perf_counter()
+                model(x)
+                phase.single_times.append(time.perf_counter() - call)
 
     def run(self, seconds: float, phase: Phase) -> None:
         model, x = self.loaded.model, self.inputs
@@ -155,8 +181,10 @@ def plot(results: list[dict], path: Path, title: str = "Throughput against concu
     from matplotlib import pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 4), dpi=100)
-    for endpoint in ("/predict", "/gradcam"):
+    for endpoint in ("/predict", "/gradcam", "/featuremaps"):
         points = [r for r in results if r["path"] == endpoint]
+        if not points:
+            continue
         axis.plot(
             [p["concurrency"] for p in points],
             [p["images_per_s"] for p in points],
@@ -195,7 +223,7 @@ def wait_ready(base: str, server: subprocess.Popen, timeout: float = 300) -> Non
             pass
         if time.monotonic() > deadline or server.poll() is not None:
             raise SystemExit("the server did not become ready")
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def main() -> None:
@@ -212,6 +240,12 @@ def main() -> None:
     )
     parser.add_argument("--raw-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--env", nargs="*", default=[], help="extra EXPLAIN_*=value for the server")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=None,
+        help="run the server from this source tree (e.g. an older commit unpacked by git archive)",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench/out/http_load.json"))
     parser.add_argument("--plot", type=Path, default=Path("docs/throughput.png"))
     args = parser.parse_args()
@@ -219,12 +253,19 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}
     command = [sys.executable, "-m", "service", "--port", str(port), "--models", args.model]
-    server = subprocess.Popen([*command, "--log-level", "warning"], env=env)
+    if args.source is not None:
+        env["PYTHONPATH"] = str(args.source.resolve())
+    launched = time.perf_counter()
+    server = subprocess.Popen(
+        [*command, "--log-level", "warning"], env=env, cwd=args.source or None
+    )
     base = f"http://127.0.0.1:{port}"
     phases: list[Phase] = []
     server_env = " ".join(f"{k}={v}" for k, v in env.items() if k.startswith("EXPLAIN_"))
     try:
         wait_ready(base, server)
+        cold_start = time.perf_counter() - launched
+        print(f"cold start (process start to /readyz 200): {cold_start:.2f} s")
         body = image_bytes("chelsea")
         raw = RawModel(args.model, args.raw_batch, args.raw_threads)
         print(
@@ -232,11 +273,13 @@ def main() -> None:
             f"{args.raw_threads} threads; {args.rounds} rounds per phase"
         )
         for path in args.endpoints:
-            asyncio.run(load(base, path, body, 4, 5.0))  # warm-up
+            asyncio.run(load(base, path, body, 1 if "scorecam" in path else 4, 5.0))  # warm-up
             for concurrency in args.concurrency:
                 phase = Phase(path, concurrency)
                 for _ in range(args.rounds):
                     raw.run(args.raw_seconds, phase)
+                    if concurrency == 1:
+                        raw.run_single(args.raw_seconds / 2, phase)
                     asyncio.run(
                         load(base, path, body, concurrency, args.slice_seconds, phase=phase)
                     )
@@ -247,21 +290,37 @@ def main() -> None:
                     f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  raw {r['raw_images_per_s']:5.1f}  "
                     f"x raw {r['vs_raw']:.2f}  ({r['requests']} ok, {r['failures']} failed)"
                 )
-        asyncio.run(load(base, "/gradcam", body, 8, 60.0, requests=200))  # warm-up for memory
-        rss_before = rss_mb(server.pid)
-        memory = asyncio.run(load(base, "/gradcam", body, 8, 3600.0, requests=args.rss_requests))
-        rss_after = rss_mb(server.pid)
+                if r["single_forward_ms"] is not None:
+                    print(
+                        f"{'':15} single-image forward {r['single_forward_ms']:.1f} ms: "
+                        f"p50 x single {r['p50_vs_single']:.2f}; p50 x {phase.passes} passes "
+                        f"at the raw rate {r['p50_vs_raw_passes']:.2f}"
+                    )
+        rss_before = rss_after = rss_mb(server.pid)
+        memory = Phase("/gradcam", 8)
+        if args.rss_requests:
+            asyncio.run(load(base, "/gradcam", body, 8, 60.0, requests=200))  # warm-up
+            rss_before = rss_mb(server.pid)
+            memory = asyncio.run(
+                load(base, "/gradcam", body, 8, 3600.0, requests=args.rss_requests)
+            )
+            rss_after = rss_mb(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
 
     results = [phase.summary() for phase in phases]
-    print("\n| endpoint | clients | images/s | p50 ms | p99 ms | raw images/s | x raw |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(
+        "\n| endpoint | clients | images/s | p50 ms | p99 ms | raw images/s | x raw "
+        "| single forward ms | p50 x single |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
+        single = r["single_forward_ms"]
         print(
             f"| `{r['path']}` | {r['concurrency']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['raw_images_per_s']:.1f} | {r['vs_raw']:.2f} |"
+            f"{r['p99_ms']:.1f} | {r['raw_images_per_s']:.1f} | {r['vs_raw']:.2f} | "
+            + ("|" if single is None else f"{single:.1f} | {r['p50_vs_single']:.2f} |")
         )
     single = {r["path"]: r["p50_ms"] for r in results if r["concurrency"] == 1}
     if {"/predict", "/gradcam"} <= set(single):
@@ -274,6 +333,7 @@ def main() -> None:
     )
     report = {
         "model": args.model,
+        "cold_start_s": cold_start,
         "results": results,
         "rss_mb": {"before": rss_before, "after": rss_after, "requests": len(memory.latencies)},
     }
