@@ -12,7 +12,7 @@ with those layers as extra outputs.
 Every graph is checked when it is built: its outputs on a random batch, and on batches of other
 sizes, must match the eager model's (within :data:`TOLERANCE` of their scale). A model or layer
 that cannot be exported, traced or cut, or whose graph does not match, runs eagerly, with one log
-line saying why; so does everything when ``onnxruntime`` is not installed.
+line saying why; so does everything when ``onnxruntime`` or ``onnx`` is not installed.
 
 ONNX Runtime keeps one session per thread count: a call runs on as many threads as
 ``torch.get_num_threads()`` gives *on the calling thread* (a per-thread setting), so whoever
@@ -53,8 +53,9 @@ _MAX_FEATURE_GRAPHS = 4
 
 
 def onnxruntime_available() -> bool:
-    """Whether ``onnxruntime`` can be imported (the optimised path needs it)."""
-    return importlib.util.find_spec("onnxruntime") is not None
+    """Whether ``onnxruntime`` and ``onnx`` can be imported (the optimised path runs graphs with
+    the first; torch's exporter needs the second)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
 class OutputGraph:
@@ -153,7 +154,7 @@ class ModelGraphs:
         self._features: dict[tuple[str, ...], OutputGraph | None] = {}
         self._available = onnxruntime_available()
         if not self._available:
-            log.info("%s: onnxruntime is not installed; the model runs eagerly", name)
+            log.info("%s: onnxruntime or onnx is not installed; the model runs eagerly", name)
 
     # -- what callers use ---------------------------------------------------------------------------
 

@@ -120,6 +120,26 @@ def test_every_layer_method_gives_the_eager_maps(method, lite0, graphs):
         assert (a - b).abs().max() / peak <= MAPS
 
 
+@pytest.mark.parametrize(
+    ("layer", "cut"),
+    [
+        ("_blocks.10", True),  # a block's output: what follows reads only it
+        ("_blocks.10._bn0", False),  # inside a residual block: the block's input skips past it
+    ],
+)
+def test_cams_at_other_layers_give_the_eager_maps(layer, cut, lite0, graphs):
+    torch.manual_seed(3)
+    inputs = torch.randn(2, 3, 224, 224)
+    fast = get_method("gradcam")(lite0.hooks, layer, graphs=graphs)
+    eager = get_method("gradcam")(lite0.hooks, layer)
+    assert (fast.split() is not None) == cut
+    ours, theirs = fast(inputs, [[3, 9], 4]), eager(inputs, [[3, 9], 4])
+    assert (ours.logits - theirs.logits).abs().max() <= SCORES
+    for a, b in zip(ours.maps, theirs.maps, strict=True):
+        peak = max(float(b.abs().max()), 1e-12)
+        assert (a - b).abs().max() / peak <= MAPS
+
+
 def test_scorecam_and_faithfulness_use_the_whole_model_graph(lite0):
     runner = TaskRunner(lite0, {"scorecam": {"max_channels": 8}})
     eager = TaskRunner(lite0, {"scorecam": {"max_channels": 8}}, optimize=False)
@@ -266,7 +286,7 @@ def test_without_onnxruntime_everything_runs_eagerly(monkeypatch, caplog, small_
     with ModelHooks(small_cnn) as hooks:
         with caplog.at_level(logging.INFO, logger="explain.inference"):
             graphs = ModelGraphs(small_cnn, hooks, (16, 16), name="small")
-        assert "onnxruntime is not installed" in caplog.text
+        assert "onnxruntime or onnx is not installed" in caplog.text
         assert graphs.full() is None and graphs.split("features.5") is None
         x = torch.randn(2, 3, 16, 16)
         with torch.no_grad():
