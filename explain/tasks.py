@@ -105,9 +105,9 @@ class TaskRunner:
             else None
         )
 
-    def warm_up(self) -> None:
-        """Build the optimised graphs of the default tasks, then run every kind of task once on
-        a blank batch of two, so the first real call does not pay for first-call set-up."""
+    def build_graphs(self) -> None:
+        """Build (once) the optimised graphs of the default tasks: the whole model, the default
+        feature maps, the part before the default CAM layer. Nothing without ``optimize``."""
         loaded = self.loaded
         if self.graphs is not None:
             self.graphs.full()
@@ -115,6 +115,13 @@ class TaskRunner:
                 self.graphs.features(loaded.feature_layers, build=True)
             if loaded.target_layer:
                 self.graphs.split(loaded.target_layer)
+
+    def warm_up(self) -> None:
+        """Build the optimised graphs of the default tasks (:meth:`build_graphs`), then run every
+        kind of task once on a blank batch of two, so the first real call does not pay for
+        first-call set-up."""
+        loaded = self.loaded
+        self.build_graphs()
         example = torch.zeros(2, 3, *loaded.preprocess.input_size)
         self(PredictTask(), example, [None, None])
         if loaded.feature_layers:

@@ -178,6 +178,7 @@ class ServiceState:
             {"scorecam": {"max_channels": scorecam_channels}},
             optimize=self.settings.optimize,
         )
+        runner.build_graphs()  # seconds of exporting and checking: no part of the model's pace
         warm_started = time.perf_counter()
         runner.warm_up()
         # The warm-up's pace, as forward passes per second, until real batches are measured.
