@@ -151,8 +151,9 @@ def encode_png(
 
     The PNG is written here (NumPy and zlib) rather than by Pillow, whose encoder tries every
     row filter on every row: each row gets PNG's *Sub* filter (the difference to the pixel on
-    its left, one vectorised subtraction), which on feature grids and photographs compresses
-    within 2-6% of the adaptive choice at a third of the time (docs/benchmarks.md). Photographs
+    its left, one vectorised subtraction): the six default feature grids of a photograph come out
+    3% larger at 0.36x the time, a 451x300 photograph 11% larger at 0.52x (docs/benchmarks.md,
+    ``python -m bench.parts``). Photographs
     and feature grids are deflated with the run-length strategy (``zlib.Z_RLE``): after the
     filter their bytes have few long repeats to find, and skipping the search is faster; smooth
     indexed heatmaps keep zlib's default strategy, which halves their size.

@@ -101,8 +101,9 @@ class ScoreCAM(CAMMethod):
     Args:
         hooks: Hooks attached to the model.
         layer: The layer whose channels become masks.
-        batch_size: Masked inputs per forward pass (8: on 2 CPU cores a batch of 32 costs up to
-            twice as much per image as one of 4 to 8, docs/benchmarks.md).
+        batch_size: Masked inputs per forward pass (8: through the whole-model graph, batches of
+            4 to 32 cost the same per image within 5% on 2 CPU cores, docs/benchmarks.md; a
+            small batch keeps the memory small).
         max_channels: Score at most this many channels per image; ``None``: all (the paper).
         graphs: The model's optimised graphs (see :class:`CAMMethod`).
     """
