@@ -87,7 +87,7 @@ TARGETS = [
         0.85,
     ),
     Target(
-        "Score-CAM p50 / its 129 passes at the eager batched rate",
+        "Score-CAM p50 / 129 passes, eager rate",
         "/gradcam?method=scorecam",
         1,
         lambda r: r["p50_vs_raw_passes"],
@@ -95,7 +95,7 @@ TARGETS = [
         most=True,
     ),
     Target(
-        "Score-CAM p50 / its 129 passes at the graph batched rate",
+        "Score-CAM p50 / 129 passes, graph rate",
         "/gradcam?method=scorecam",
         1,
         lambda r: r["p50_vs_graph_passes"],
@@ -124,7 +124,7 @@ def figures(reports: list[dict]) -> list[tuple[str, float, dict[str, float], boo
         for server, seconds in report.get("cold_start_s", {}).items():
             starts[server] = max(starts.get(server, 0.0), seconds)
     if starts:
-        found.append(("cold start, process to /readyz 200 (s, the slowest)", 10.0, starts, True))
+        found.append(("cold start to /readyz 200 (s, slowest)", 10.0, starts, True))
     return found
 
 
