@@ -33,7 +33,7 @@ memory stays bounded.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -98,6 +98,7 @@ def score_maps(
     *,
     steps: int = STEPS,
     batch_size: int = BATCH_SIZE,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[list[Faithfulness]]:
     """Score every explanation of a batch.
 
@@ -109,6 +110,9 @@ def score_maps(
         probabilities: The model's softmax output for ``inputs``, ``(N, num_classes)``.
         steps: Steps of each curve.
         batch_size: Perturbed images per forward pass.
+        forward: Runs the model without gradients (e.g.
+            :meth:`explain.inference.ModelGraphs.forward`); default: ``model`` in eval mode
+            under ``torch.inference_mode()``.
 
     Returns:
         Per image, one :class:`Faithfulness` per target.
@@ -155,7 +159,7 @@ def score_maps(
                 for k in counts[1:-1]:
                     yield torch.where(rank < k, image, image_blurred), [target]
 
-    scores = iter(_probabilities(model, perturbed(), batch_size))
+    scores = iter(_probabilities(model, perturbed(), batch_size, forward))
     results: list[list[Faithfulness]] = []
     for image_targets, image_probabilities in zip(targets, probabilities, strict=True):
         zero, blur = next(scores), next(scores)
@@ -177,14 +181,18 @@ def score_maps(
 
 
 def _probabilities(
-    model: nn.Module, items: Iterator[tuple[torch.Tensor, list[int]]], batch_size: int
+    model: nn.Module,
+    items: Iterator[tuple[torch.Tensor, list[int]]],
+    batch_size: int,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> list[list[float]]:
     """For each ``(image, classes)`` of ``items``, the softmax probabilities of ``classes``, the
     images going through the model ``batch_size`` at a time."""
     scores: list[list[float]] = []
+    run = forward or model
     with eval_mode(model), torch.inference_mode():
         while chunk := [item for _, item in zip(range(batch_size), items, strict=False)]:
-            probabilities = model(torch.stack([image for image, _ in chunk])).softmax(dim=1)
+            probabilities = run(torch.stack([image for image, _ in chunk])).softmax(dim=1)
             scores += [
                 row[classes].tolist()
                 for row, (_, classes) in zip(probabilities, chunk, strict=True)

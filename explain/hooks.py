@@ -219,6 +219,33 @@ class ModelHooks:
         hooks[handle.id] = hook
         return handle
 
+    @property
+    def capturing(self) -> int:
+        """How many captures of these hooks are open in the current thread or task."""
+        return sum(1 for _ in self._captures())
+
+    def fire_output(self, layer: str, output: torch.Tensor) -> torch.Tensor:
+        """Run ``layer``'s forward hooks on ``output`` as if the layer had just returned it, and
+        return what the rest of the model must receive (a capture of it for gradients swaps in a
+        copy, see :meth:`capture`).
+
+        For a caller that computed the layer's output another way, e.g. by an optimised graph of
+        the model up to it (:mod:`explain.inference`): open captures see at ``layer`` exactly
+        what the eager model would have given them. Captures of the layer's *inputs* cannot be
+        served this way and are refused.
+
+        Raises:
+            ValueError: an open capture asks for the inputs of ``layer``.
+        """
+        module = self.layer(layer)
+        for capture in self._captures():
+            if layer in capture._input_layers:
+                raise ValueError(
+                    f"a capture asks for the inputs of {layer!r}; run the eager model instead"
+                )
+        replaced = self._on_forward(layer, module, (), output)
+        return output if replaced is None else replaced
+
     # -- the hooks themselves ---------------------------------------------------------------------
 
     def _captures(self) -> Iterator[Capture]:

@@ -22,6 +22,7 @@ __all__ = [
     "LayerTable",
     "eval_mode",
     "inspect_layers",
+    "map_of",
     "spatial_activation",
     "spatial_output",
 ]
@@ -168,6 +169,23 @@ def spatial_activation(
             "as a (C, H, W) map, a channels-last grid or patch tokens"
         )
     return SpatialActivation.of(value, view)
+
+
+def map_of(
+    value: torch.Tensor, layer: str, input_size: tuple[int, int] | torch.Size
+) -> torch.Tensor:
+    """The ``(N, C, h, w)`` map of ``layer``'s output ``value`` for inputs of ``input_size``.
+
+    Raises:
+        LayerNotSpatialError: the output does not read as a map.
+    """
+    view = spatial_view(value.shape[1:], tuple(input_size)) if value.dim() >= 2 else None
+    if view is None:
+        raise LayerNotSpatialError(
+            f"layer {layer!r} outputs shape {list(value.shape[1:])} per image, which does not read "
+            "as a (C, H, W) map, a channels-last grid or patch tokens"
+        )
+    return view(value)
 
 
 def spatial_output(

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import base64
 import functools
-import io
 import math
+import struct
 import zlib
 
 import numpy as np
 import torch
-from PIL import Image
 
 from explain.errors import UnknownNameError
 
@@ -150,10 +149,14 @@ def encode_png(
     the PNG is indexed-colour: a third of the data of RGB, so smaller and faster to encode, and
     its pixel values are the heat itself.
 
-    Photographs and feature grids are deflated with the run-length strategy (``zlib.Z_RLE``):
-    after PNG's row filters their bytes have few long repeats to find, and skipping the search
-    makes encoding ~20% faster and the files a little smaller; smooth indexed heatmaps keep
-    zlib's default strategy, which halves their size.
+    The PNG is written here (NumPy and zlib) rather than by Pillow, whose encoder tries every
+    row filter on every row: each row gets PNG's *Sub* filter (the difference to the pixel on
+    its left, one vectorised subtraction): the six default feature grids of a photograph come out
+    3% larger at 0.36x the time, a 451x300 photograph 11% larger at 0.52x (docs/benchmarks.md,
+    ``python -m bench.parts``). Photographs
+    and feature grids are deflated with the run-length strategy (``zlib.Z_RLE``): after the
+    filter their bytes have few long repeats to find, and skipping the search is faster; smooth
+    indexed heatmaps keep zlib's default strategy, which halves their size.
     """
     array = _array(pixels)
     if (
@@ -163,13 +166,41 @@ def encode_png(
         or (palette is not None and array.ndim != 2)
     ):
         raise ValueError(f"expected (H, W) or (H, W, 3) uint8, got {array.dtype} {array.shape}")
-    image = Image.fromarray(np.ascontiguousarray(array))
-    if palette is not None:
-        image.putpalette(np.asarray(palette, dtype=np.uint8).tobytes())
+    if not 0 <= compress_level <= 9:
+        raise ValueError(f"compress_level must be 0 to 9, got {compress_level}")
+    height, width = array.shape[:2]
+    channels = 1 if array.ndim == 2 else 3
+    rows = array.reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
+    filtered[:, 0] = 1  # PNG filter type 1, Sub
+    filtered[:, 1 : 1 + channels] = rows[:, :channels]
+    np.subtract(rows[:, channels:], rows[:, :-channels], out=filtered[:, 1 + channels :])
     strategy = zlib.Z_DEFAULT_STRATEGY if palette is not None else zlib.Z_RLE
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level, compress_type=strategy)
-    return buffer.getvalue()
+    deflate = zlib.compressobj(compress_level, zlib.DEFLATED, 15, 9, strategy)
+    compressed = deflate.compress(filtered.data) + deflate.flush()
+    colour_type = 3 if palette is not None else 0 if channels == 1 else 2
+    chunks = [_png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))]
+    if palette is not None:
+        table = np.asarray(palette, dtype=np.uint8)
+        if table.ndim != 2 or table.shape[1] != 3 or not 1 <= len(table) <= 256:
+            raise ValueError(f"palette must be (n <= 256, 3), got shape {list(table.shape)}")
+        chunks.append(_png_chunk(b"PLTE", table.tobytes()))
+    chunks += [_png_chunk(b"IDAT", compressed), _png_chunk(b"IEND", b"")]
+    return b"".join([_PNG_SIGNATURE, *chunks])
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return b"".join(
+        [
+            struct.pack(">I", len(payload)),
+            kind,
+            payload,
+            struct.pack(">I", zlib.crc32(kind + payload)),
+        ]
+    )
 
 
 def png_base64(

@@ -4,6 +4,11 @@ This is the one implementation of the model step, shared by the service's model 
 batch engine. A task is a frozen dataclass, so jobs with equal tasks can share one batch. Running a task returns
 one :class:`ImageOutput` per image, with everything computed in torch done (maps normalised and
 upsampled); colouring and PNG encoding happen later, off the model's thread.
+
+By default the runner uses the optimised inference path (:mod:`explain.inference`): forward
+passes without gradients, the part of the model before a CAM's layer, and the default feature
+maps run as ONNX Runtime graphs, each checked against the eager model when it is built; the
+rest (and everything, where no graph can be built) runs the eager model.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from explain.errors import ExplainError
 from explain.faithfulness import Faithfulness, faithfulness_cost, score_maps
 from explain.featuremaps import capture_feature_maps
+from explain.inference import ModelGraphs
 from explain.methods import CAMMethod, get_method, method_names, normalize_maps, upsample_maps
 from explain.models import LoadedModel
 
@@ -72,23 +78,50 @@ class CAMTask:
 class TaskRunner:
     """Runs tasks on one loaded model; the model worker's ``run`` callable.
 
+    The threads a batch runs on are the calling thread's ``torch.get_num_threads()``, for the
+    eager model and the graphs alike: set it per batch (a per-thread setting with torch's OpenMP
+    backend) to share the cores between batches running side by side.
+
     Args:
         loaded: The model.
         method_options: Extra constructor arguments per CAM method name.
+        optimize: Use the optimised inference path; ``False``: the eager model throughout.
     """
 
     def __init__(
-        self, loaded: LoadedModel, method_options: dict[str, dict[str, Any]] | None = None
+        self,
+        loaded: LoadedModel,
+        method_options: dict[str, dict[str, Any]] | None = None,
+        *,
+        optimize: bool = True,
     ) -> None:
         self.loaded = loaded
         self._method_options = method_options or {}
-        self._methods: dict[tuple[str, str], CAMMethod] = {}
+        self._methods: dict[tuple[str, str | None], CAMMethod] = {}
         self._lock = threading.Lock()
+        self.graphs = (
+            ModelGraphs(loaded.model, loaded.hooks, loaded.preprocess.input_size, name=loaded.name)
+            if optimize
+            else None
+        )
+
+    def build_graphs(self) -> None:
+        """Build (once) the optimised graphs of the default tasks: the whole model, the default
+        feature maps, the part before the default CAM layer. Nothing without ``optimize``."""
+        loaded = self.loaded
+        if self.graphs is not None:
+            self.graphs.full()
+            if loaded.feature_layers:
+                self.graphs.features(loaded.feature_layers, build=True)
+            if loaded.target_layer:
+                self.graphs.split(loaded.target_layer)
 
     def warm_up(self) -> None:
-        """Run every kind of task once on a blank batch of two, so the first real call does not pay
-        for first-call set-up."""
+        """Build the optimised graphs of the default tasks (:meth:`build_graphs`), then run every
+        kind of task once on a blank batch of two, so the first real call does not pay for
+        first-call set-up."""
         loaded = self.loaded
+        self.build_graphs()
         example = torch.zeros(2, 3, *loaded.preprocess.input_size)
         self(PredictTask(), example, [None, None])
         if loaded.feature_layers:
@@ -106,7 +139,9 @@ class TaskRunner:
         with self._lock:
             if key not in self._methods:
                 options = self._method_options.get(name, {})
-                self._methods[key] = get_method(name)(self.loaded.hooks, layer, **options)
+                self._methods[key] = get_method(name)(
+                    self.loaded.hooks, layer, **options, graphs=self.graphs
+                )
             return self._methods[key]
 
     def cost(self, task: Hashable, targets: int = 1) -> float:
@@ -168,10 +203,13 @@ class TaskRunner:
         model = self.loaded.model
         if isinstance(task, PredictTask):
             with torch.inference_mode():
-                probabilities = model(inputs).softmax(dim=1)
+                logits = model(inputs) if self.graphs is None else self.graphs.forward(inputs)
+                probabilities = logits.softmax(dim=1)
             return [ImageOutput(p) for p in probabilities]
         if isinstance(task, FeatureMapTask):
-            captured = capture_feature_maps(self.loaded.hooks, inputs, task.layers)
+            captured = capture_feature_maps(
+                self.loaded.hooks, inputs, task.layers, graphs=self.graphs
+            )
             probabilities = captured.logits.softmax(dim=1)
             return [
                 ImageOutput(
@@ -190,7 +228,12 @@ class TaskRunner:
             ]
             scores: list[list[Faithfulness] | None] = [None] * len(inputs)
             if task.faithfulness:
-                scores = list(score_maps(model, inputs, heatmaps, result.targets, probabilities))
+                forward = None if self.graphs is None else self.graphs.forward
+                scores = list(
+                    score_maps(
+                        model, inputs, heatmaps, result.targets, probabilities, forward=forward
+                    )
+                )
             return [
                 ImageOutput(p, cams=c, heatmaps=h, targets=t, faithfulness=f)
                 for p, c, h, t, f in zip(

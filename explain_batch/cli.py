@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="Score-CAM scores the N strongest channels (0: all) where this process runs the model (default 128)",
     )
+    run_group.add_argument(
+        "--optimize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="where this process runs the model: ONNX Runtime graphs for what needs no "
+        "gradients, checked against the eager model (default); --no-optimize: eager only",
+    )
     for name in ENGINES:
         group = parser.add_argument_group(f"{name} engine")
         for option in engine_module(name).OPTIONS:
@@ -146,6 +153,7 @@ def request_from(argv: Sequence[str] | None = None) -> RunRequest:
         pictures=not args.no_images or args.tensorboard is not None,
         batch_size=args.batch_size,
         scorecam_max_channels=args.scorecam_max_channels,
+        optimize=args.optimize,
         engine_options=_engine_options(parser, args),
     )
     return RunRequest(

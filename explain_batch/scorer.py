@@ -58,7 +58,7 @@ class Scorer:
             self.loaded = load_model(config.model)
             self.plan = make_plan(config.endpoint, self.loaded, **config.options)
             scorecam = {"max_channels": config.scorecam_max_channels or None}
-            self.runner = TaskRunner(self.loaded, {"scorecam": scorecam})
+            self.runner = TaskRunner(self.loaded, {"scorecam": scorecam}, optimize=config.optimize)
             self._try_out()
         except (ExplainError, ValueError) as error:
             raise UsageError(f"{getattr(error, 'code', 'invalid_option')}: {error}") from error

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import torch
 
 from explain.errors import ExplainError
+from explain.machine import CoreShare
 
 __all__ = ["BatchStats", "Job", "JobResult", "ModelWorker", "QueueFullError", "WorkerStoppedError"]
 
@@ -91,6 +92,8 @@ class ModelWorker:
             :class:`QueueFullError` (an empty queue takes any job, so that every job can run).
         threads: Batches run at once, each on its own thread (``run`` must allow it). On a small
             CPU model, two single-threaded batches in parallel can beat one batch on two threads.
+        cores: Sets each batch's torch threads as it starts (a batch alone gets every core,
+            batches side by side share them); ``None``: torch's setting is left alone.
         on_batch: Told of each batch run: ``(task, images, requests, seconds)``.
         on_depth: Told of the number of images and the cost waiting whenever they change.
         rate: The forward passes per second expected before any batch has been measured.
@@ -105,6 +108,7 @@ class ModelWorker:
         max_wait: float,
         queue_size: int,
         threads: int = 1,
+        cores: CoreShare | None = None,
         on_batch: Callable[[Hashable, int, int, float], None] = lambda *args: None,
         on_depth: Callable[[int, float], None] = lambda images, cost: None,
         rate: float = 10.0,
@@ -121,6 +125,7 @@ class ModelWorker:
         self._waiting_cost = 0.0
         self._running_cost = 0.0
         self._threads_count = threads
+        self._cores = cores
         self._rate = rate  # forward passes per second, all threads together
         self._condition = threading.Condition()
         self._stopping = False
@@ -287,7 +292,11 @@ class ModelWorker:
                 self._running_cost += cost
             started = time.perf_counter()
             try:
-                self._execute(live)
+                if self._cores is None:
+                    self._execute(live)
+                else:
+                    with self._cores.batch():
+                        self._execute(live)
             finally:
                 seconds = time.perf_counter() - started
                 with self._condition:

@@ -68,7 +68,13 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0,
         ge=0,
-        description="Threads for one model batch (torch.set_num_threads); 0: cores / batch_threads.",
+        description="Threads for one model batch (torch.set_num_threads); 0: every core for a "
+        "batch that runs alone, an even share for batches that run side by side.",
+    )
+    optimize: bool = Field(
+        default=True,
+        description="Run forward passes without gradients, and the part of a model before a "
+        "CAM's layer, as ONNX Runtime graphs checked against the eager model; false: eager only.",
     )
     io_threads: int = Field(
         default=2, ge=1, description="Threads that decode images and encode PNGs, beside the model."

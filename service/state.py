@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from explain.errors import UnknownModelError
+from explain.machine import CoreShare, available_cores
 from explain.models import LoadedModel, load_model, parse_spec
 from explain.tasks import TaskRunner
 from service.admission import DecodeBudget, MemoryTrimmer
@@ -68,6 +69,7 @@ class ServiceState:
         self._stopping = threading.Event()
         self._torch_threads_before = torch.get_num_threads()
         self.batch_threads = 1
+        self.cores: CoreShare | None = None
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -78,10 +80,11 @@ class ServiceState:
         self._torch_threads_before = torch.get_num_threads()
         self.batch_threads, torch_threads = self.settings.thread_plan()
         torch.set_num_threads(torch_threads)
+        self.cores = CoreShare(available_cores(), self.settings.torch_threads)
         log.info(
-            "%d batch thread(s) per model, %d torch thread(s) each",
+            "%d batch thread(s) per model, %s",
             self.batch_threads,
-            torch_threads,
+            self.cores.describe(self.batch_threads),
         )
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="io")
         # Big images decode on a thread of their own, so small ones never queue behind them.
@@ -170,7 +173,12 @@ class ServiceState:
 
     def _serve(self, loaded: LoadedModel) -> ServedModel:
         scorecam_channels = self.settings.scorecam_max_channels or None
-        runner = TaskRunner(loaded, {"scorecam": {"max_channels": scorecam_channels}})
+        runner = TaskRunner(
+            loaded,
+            {"scorecam": {"max_channels": scorecam_channels}},
+            optimize=self.settings.optimize,
+        )
+        runner.build_graphs()  # seconds of exporting and checking: no part of the model's pace
         warm_started = time.perf_counter()
         runner.warm_up()
         # The warm-up's pace, as forward passes per second, until real batches are measured.
@@ -190,6 +198,7 @@ class ServiceState:
             max_wait=settings.max_batch_wait_ms / 1000,
             queue_size=settings.queue_size,
             threads=self.batch_threads,
+            cores=self.cores,
             on_batch=on_batch,
             on_depth=lambda images, cost: metrics.queue_depth.labels(name).set(images),
             rate=warm_rate,

@@ -3,6 +3,8 @@ principal component."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,6 +13,9 @@ from explain.errors import MethodNotApplicableError
 from explain.hooks import ModelHooks
 from explain.methods.base import CAMMethod, register_method
 from explain.views import SpatialActivation
+
+if TYPE_CHECKING:
+    from explain.inference import ModelGraphs
 
 __all__ = ["CAM", "EigenCAM", "ScoreCAM"]
 
@@ -28,14 +33,22 @@ class CAM(CAMMethod):
         hooks: Hooks attached to the model.
         layer: The layer whose output the head pools.
         head: Name of the linear classifier; default: the model's last ``nn.Linear``.
+        graphs: The model's optimised graphs (see :class:`CAMMethod`).
     """
 
     name = "cam"
     applies_relu = False
     rtol = 1e-3
 
-    def __init__(self, hooks: ModelHooks, layer: str, head: str | None = None) -> None:
-        super().__init__(hooks, layer)
+    def __init__(
+        self,
+        hooks: ModelHooks,
+        layer: str,
+        head: str | None = None,
+        *,
+        graphs: ModelGraphs | None = None,
+    ) -> None:
+        super().__init__(hooks, layer, graphs=graphs)
         if head is None:
             linears = [n for n, m in hooks.model.named_modules() if isinstance(m, nn.Linear)]
             if not linears:
@@ -82,21 +95,31 @@ class ScoreCAM(CAMMethod):
     Costs one forward pass per channel and image, evaluated ``batch_size`` masks at a time: 2,048
     forward passes per image at ResNet-50's last stage. ``max_channels`` bounds the cost by scoring
     only the channels with the highest mean activation (the others get no weight); the rest of a map
-    is the weighted sum of small activations, so the normalised map changes little.
+    is the weighted sum of small activations, so the normalised map changes little. The masked
+    passes run the whole model as an optimised graph where ``graphs`` has one.
 
     Args:
         hooks: Hooks attached to the model.
         layer: The layer whose channels become masks.
-        batch_size: Masked inputs per forward pass.
+        batch_size: Masked inputs per forward pass (8: through the whole-model graph, batches of
+            4 to 32 cost the same per image within 5% on 2 CPU cores, docs/benchmarks.md; a
+            small batch keeps the memory small).
         max_channels: Score at most this many channels per image; ``None``: all (the paper).
+        graphs: The model's optimised graphs (see :class:`CAMMethod`).
     """
 
     name = "scorecam"
 
     def __init__(
-        self, hooks: ModelHooks, layer: str, batch_size: int = 32, max_channels: int | None = None
+        self,
+        hooks: ModelHooks,
+        layer: str,
+        batch_size: int = 8,
+        max_channels: int | None = None,
+        *,
+        graphs: ModelGraphs | None = None,
     ) -> None:
-        super().__init__(hooks, layer)
+        super().__init__(hooks, layer, graphs=graphs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if max_channels is not None and max_channels < 1:
@@ -116,7 +139,6 @@ class ScoreCAM(CAMMethod):
         logits: torch.Tensor,
         targets: list[list[int]],
     ) -> list[torch.Tensor]:
-        model = self.hooks.model
         activations = activation.maps
         maps = []
         with torch.no_grad():
@@ -137,7 +159,7 @@ class ScoreCAM(CAMMethod):
                 masks = (masks - low) / (high - low + 1e-8)
                 scores = torch.cat(
                     [
-                        model(image[None] * chunk[:, None])[:, image_targets]
+                        self.forward(image[None] * chunk[:, None])[:, image_targets]
                         for chunk in masks.split(self.batch_size)
                     ]
                 )  # (C, T)

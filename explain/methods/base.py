@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from explain.errors import TargetOutOfRangeError, UnknownMethodError
 from explain.hooks import ModelHooks
 from explain.layers import eval_mode, spatial_activation
 from explain.views import SpatialActivation
+
+if TYPE_CHECKING:
+    from explain.inference import LayerSplit, ModelGraphs
 
 __all__ = [
     "CAMMethod",
@@ -101,6 +104,9 @@ class CAMMethod(ABC):
         hooks: Hooks attached to the model (the method never registers hooks of its own).
         layer: Name of a hooked layer whose output reads as a ``(N, C, h, w)`` map (directly, or
             through the spatial view of a transformer's tokens or channels-last grid).
+        graphs: The model's optimised graphs (:class:`~explain.inference.ModelGraphs`): the part
+            of the model before ``layer``, and whole forward passes without gradients, run as
+            graphs where they can; ``None``: the eager model throughout.
 
     The model is put in eval mode for the call and every module's flag is restored afterwards.
     """
@@ -113,10 +119,11 @@ class CAMMethod(ABC):
     needs_layer: ClassVar[bool] = True
     """Whether the method explains at a layer (``False``: at the input pixels alone)."""
 
-    def __init__(self, hooks: ModelHooks, layer: str) -> None:
+    def __init__(self, hooks: ModelHooks, layer: str, *, graphs: ModelGraphs | None = None) -> None:
         hooks.layer(layer)
         self.hooks = hooks
         self.layer: str | None = layer
+        self.graphs = graphs
 
     @classmethod
     def check_model(cls, model: nn.Module) -> None:
@@ -146,15 +153,32 @@ class CAMMethod(ABC):
         """The call, with the model in eval mode: capture the layer, compute the maps, ReLU."""
         assert self.layer is not None  # layer methods are made with one; not input validation
         model = self.hooks.model
+        split = self.split()
         grad_layers = (self.layer,) if self.uses_gradients else ()
         with torch.no_grad(), self.hooks.capture(self.layer, grad=grad_layers) as capture:
-            logits = model(inputs)
+            logits = model(inputs) if split is None else split(inputs, self.hooks)
             activation = spatial_activation(capture, self.layer, inputs.shape[-2:])
         resolved = resolve_targets(targets, logits)
         maps = self.compute(inputs, activation, logits, resolved)
         if self.applies_relu:
             maps = [m.relu() for m in maps]
         return CAMResult(self.name, self.layer, maps, resolved, logits.detach())
+
+    def split(self) -> LayerSplit | None:
+        """The model cut at the layer, its first part an optimised graph, when :attr:`graphs`
+        has one and no capture is open on the hooks here (an outer capture must see every layer
+        the eager model runs); ``None``: run the eager model."""
+        if self.graphs is None or self.layer is None or self.hooks.capturing:
+            return None
+        return self.graphs.split(self.layer)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's output without gradients (a method that runs the model again, e.g. on
+        masked inputs): the whole model as an optimised graph where :attr:`graphs` has one."""
+        if self.graphs is not None:
+            return self.graphs.forward(inputs)
+        with torch.no_grad():
+            return self.hooks.model(inputs)
 
     def compute(
         self,

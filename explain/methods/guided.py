@@ -37,7 +37,7 @@ signed gradient images themselves.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ from explain.methods.base import (
     upsample_maps,
 )
 from explain.methods.gradient import GradCAM
+
+if TYPE_CHECKING:
+    from explain.inference import ModelGraphs
 
 __all__ = ["GuidedBackprop", "GuidedGradCAM", "guided_relu_gradient", "rectifier_layers"]
 
@@ -159,6 +162,7 @@ class GuidedBackprop(CAMMethod):
     Args:
         hooks: Hooks attached to the model; the rectifier modules get inert forward hooks once.
         layer: Must be ``None``: the method explains at the input.
+        graphs: Ignored: every rectifier's gradient is modified, so the whole model runs eagerly.
 
     Raises:
         MethodNotApplicableError: the model has activations with no guided rule.
@@ -168,13 +172,16 @@ class GuidedBackprop(CAMMethod):
     needs_layer = False
     uses_gradients = True
 
-    def __init__(self, hooks: ModelHooks, layer: str | None = None) -> None:
+    def __init__(
+        self, hooks: ModelHooks, layer: str | None = None, *, graphs: ModelGraphs | None = None
+    ) -> None:
         if layer is not None:
             raise ValueError(
                 f"guided_backprop explains the input pixels and takes no layer, got {layer!r}"
             )
         self.hooks = hooks
         self.layer = None
+        self.graphs = None
         self._modifiers = {name: guided_relu_gradient for name in rectifier_layers(hooks.model)}
         for name in self._modifiers:
             hooks.layer(name)
@@ -244,6 +251,8 @@ class GuidedGradCAM(CAMMethod):
     Args:
         hooks: Hooks attached to the model.
         layer: The Grad-CAM layer.
+        graphs: The model's optimised graphs, for the Grad-CAM part (the guided part runs the
+            eager model).
 
     Raises:
         MethodNotApplicableError: the model has activations with no guided rule.
@@ -252,9 +261,9 @@ class GuidedGradCAM(CAMMethod):
     name = "guided_gradcam"
     uses_gradients = True
 
-    def __init__(self, hooks: ModelHooks, layer: str) -> None:
-        super().__init__(hooks, layer)
-        self._gradcam = GradCAM(hooks, layer)
+    def __init__(self, hooks: ModelHooks, layer: str, *, graphs: ModelGraphs | None = None) -> None:
+        super().__init__(hooks, layer, graphs=graphs)
+        self._gradcam = GradCAM(hooks, layer, graphs=graphs)
         self._guided = GuidedBackprop(hooks)
 
     @classmethod

@@ -86,6 +86,8 @@ class RunConfig:
             skip drawing them.
         batch_size: Inputs per batch, or ``None`` for the engine's own choice.
         scorecam_max_channels: Score-CAM's channel limit where the engine runs the model (0: all).
+        optimize: Where the engine runs the model: use the optimised inference path
+            (:mod:`explain.inference`); ``False``: the eager model only.
         engine_options: The chosen engine's own :data:`OPTIONS`, by ``dest``.
     """
 
@@ -95,6 +97,7 @@ class RunConfig:
     pictures: bool = True
     batch_size: int | None = None
     scorecam_max_channels: int = 128
+    optimize: bool = True
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
 

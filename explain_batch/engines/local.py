@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from explain.machine import thread_plan
+from explain.machine import CoreShare, available_cores, thread_plan
 from explain_batch.engines import EngineOption, Outcome, RunConfig
 from explain_batch.engines.window import score_in_batches
 from explain_batch.options import positive_int
@@ -66,8 +66,9 @@ def _then(future: Future[T], pool: ThreadPoolExecutor, step: Callable[[T], R]) -
 class LocalEngine:
     """Scores batches with a :class:`~explain_batch.scorer.Scorer` in this process.
 
-    Each batch is read and decoded on the I/O pool, run on one of the model's batch threads
-    (``torch`` threads split between them, as the service does), then rendered and encoded on
+    Each submitted batch is decoded on the I/O pool, run on one of the model's batch threads
+    (every core for a batch that runs alone, the cores shared between batches that run side by
+    side, as the service does), then rendered and encoded on
     the I/O pool; :attr:`max_pending` batches in flight keep every stage busy and memory bounded.
     """
 
@@ -76,6 +77,7 @@ class LocalEngine:
             raise ValueError(f"io_threads must be at least 1, got {io_threads}")
         self.batch_size = config.batch_size or DEFAULT_BATCH_SIZE
         batch_threads, self.torch_threads = thread_plan()
+        self.cores = CoreShare(available_cores())
         self._torch_threads_before = torch.get_num_threads()
         torch.set_num_threads(self.torch_threads)
         try:
@@ -98,7 +100,9 @@ class LocalEngine:
         return _then(ran, self._io, self.scorer.finish)
 
     def _forward(self, decoding: list[Future[Prepared]]) -> Any:
-        return self.scorer.forward([future.result() for future in decoding])
+        prepared = [future.result() for future in decoding]
+        with self.cores.batch():
+            return self.scorer.forward(prepared)
 
     def close(self) -> None:
         self._model.shutdown(wait=True, cancel_futures=True)

@@ -236,7 +236,7 @@ def test_scorecam_channel_limit_scores_the_strongest_channels(resnet18):
             for k in (128, 384)
         }
         handle.remove()
-    assert calls[:2] == [1, 32] and sum(calls) == 2 + 128 + 384  # capture pass + one per channel
+    assert calls[:2] == [1, 8] and sum(calls) == 2 + 128 + 384  # capture pass + one per channel
     error = {k: float((limited[k] - full).abs().max()) for k in (128, 384)}
     assert error[384] < error[128] and error[384] < 0.1, error
     with pytest.raises(ValueError, match="max_channels"):

@@ -259,3 +259,16 @@ def test_a_missing_file_in_a_manifest_is_a_failed_input(tmp_path):
     errors = {os.path.basename(line["path"]): line["error"] for line in read_lines(out)}
     assert errors["good.png"] is None and errors["gone.png"]["code"] == "not_found"
     json.dumps(errors)
+
+
+def test_no_optimize_reaches_the_engine_config(tmp_path):
+    from explain_batch.cli import request_from
+
+    assert request_from(["x.jpg", "--out", str(tmp_path)]).config.optimize is True
+    request = request_from(["x.jpg", "--out", str(tmp_path), "--no-optimize"])
+    assert request.config.optimize is False
+    scorer = Scorer(request.config)
+    try:
+        assert scorer.runner.graphs is None
+    finally:
+        scorer.close()

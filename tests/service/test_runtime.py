@@ -189,3 +189,29 @@ def test_two_threads_run_two_batches_at_once():
     futures = [worker.submit(Task("a"), job(i), [None]) for i in (1, 2)]
     assert sorted(f.result(10).outputs[0] for f in futures) == [1.0, 2.0]
     worker.stop()
+
+
+def test_a_lone_batch_runs_on_every_core_and_overlapping_batches_share_them():
+    from explain.machine import CoreShare
+
+    gate = threading.Event()
+    threads_seen: list[int] = []
+
+    class Threads(Recorder):
+        def __call__(self, task, inputs, targets):
+            threads_seen.append(torch.get_num_threads())
+            return super().__call__(task, inputs, targets)
+
+    runner = Threads(gate)
+    worker = worker_with(runner, max_batch=1, threads=2, cores=CoreShare(cores=2))
+    first = worker.submit(Task("a"), job(0), [None])  # alone: both cores
+    assert runner.started.wait(5)
+    second = worker.submit(Task("a"), job(1), [None])  # beside the first: one core
+    deadline = time.monotonic() + 5
+    while len(threads_seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    gate.set()
+    first.result(5), second.result(5)
+    alone = worker.submit(Task("a"), job(2), [None]).result(5)  # alone again
+    worker.stop()
+    assert threads_seen == [2, 1, 2] and alone.outputs == [20.0]

@@ -78,3 +78,23 @@ def test_compose_waits_longer_than_the_shutdown_deadline():
     )
     deadline = float(configured.group(1)) if configured else float(field.default)
     assert int(grace.group(1)) >= deadline + 5, "docker would SIGKILL before the shutdown deadline"
+
+
+def test_optimize_false_serves_the_eager_model_only(monkeypatch):
+    import time
+
+    from service.state import ServiceState
+
+    monkeypatch.setenv("EXPLAIN_OPTIMIZE", "false")
+    settings = Settings(models=["alexnet:none"])
+    assert settings.optimize is False and Settings.model_fields["optimize"].default is True
+    state = ServiceState(settings)
+    state.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not state.ready and state.status != "failed" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.ready
+        assert state.models["alexnet"].runner.graphs is None
+    finally:
+        state.stop(10)
