@@ -20,13 +20,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 from bench.http_load import Phase, free_port, load, percentile, wait_ready
+from tests.realserver import stop_process
 from tests.service.conftest import image_bytes
 
 
@@ -34,16 +34,6 @@ def start(command: list[str]) -> tuple[str, subprocess.Popen]:
     port = free_port()
     server = subprocess.Popen([*command, "--port", str(port), "--log-level", "warning"])
     return f"http://127.0.0.1:{port}", server
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(120)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 def summary(name: str, phase: Phase) -> dict:
@@ -106,7 +96,7 @@ def main() -> None:
             results += found
     finally:
         for _, server in servers:
-            stop(server)
+            stop_process(server)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"model": args.model, "results": results}, indent=1))
     print(f"written: {args.json}")

@@ -28,7 +28,7 @@ from service import Settings
 from service.__main__ import main
 from service.state import ServiceState
 from tests.conftest import ROOT
-from tests.realserver import free_port
+from tests.realserver import free_port, stop_process
 from tests.service.conftest import image_bytes
 
 CAM_TOLERANCE = 1e-4
@@ -83,13 +83,7 @@ def serve_command(address: str, replicas: int) -> Iterator[tuple[str, subprocess
         print(output.read())
         raise
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         output.close()
 
 
