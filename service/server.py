@@ -139,6 +139,8 @@ class GuardedProtocol(HttpToolsProtocol):
         )
 
     def on_message_begin(self) -> None:
+        if not self.transport.get_write_buffer_size():
+            self._disarm_send_timer()  # the last answer has gone out; a new one arms its own
         super().on_message_begin()
         self.in_headers = True
         if self.header_timer is None:
@@ -156,6 +158,10 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         cycle = self.cycle
         self.header_bytes = 0
+        if self.transport.get_write_buffer_size():
+            # The tail of the answer, below the pause mark, still waits for the client: a client
+            # that never reads it would hold the connection (and a closing transport) forever.
+            self._arm_send_timer()
         if cycle is not None and cycle.more_body and not self.transport.is_closing():
             self.transport.close()  # answered before its body arrived: do not wait for the rest
             return
@@ -172,6 +178,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._arm_send_timer()
+
+    def _arm_send_timer(self) -> None:
         if self.send_timer is None:
             self.send_timer = self.loop.call_later(self.settings.send_timeout_s, self._send_timeout)
 
@@ -188,6 +197,8 @@ class GuardedProtocol(HttpToolsProtocol):
         """The client took nothing for ``send_timeout_s``: drop the connection and what is still
         buffered for it (``abort``; ``close`` would keep the buffer until the client reads)."""
         self.send_timer = None
+        if not self.flow.write_paused and not self.transport.get_write_buffer_size():
+            return  # the rest of the answer went out meanwhile
         log.info(
             "dropped a client that read nothing of its answer for %g s",
             self.settings.send_timeout_s,
