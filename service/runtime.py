@@ -13,6 +13,7 @@ leaves the queue at once and is never run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -292,11 +293,8 @@ class ModelWorker:
                 self._running_cost += cost
             started = time.perf_counter()
             try:
-                if self._cores is None:
+                with contextlib.nullcontext() if self._cores is None else self._cores.batch():
                     self._execute(live)
-                else:
-                    with self._cores.batch():
-                        self._execute(live)
             finally:
                 seconds = time.perf_counter() - started
                 with self._condition:
